@@ -1,0 +1,58 @@
+"""Typed errors of the model store. Only app/ turns them into HTTP responses."""
+
+
+class HushError(Exception):
+    """Base class of every error hush raises on purpose."""
+
+
+class VariantNotFoundError(HushError, LookupError):
+    """No variant with that id in the store."""
+
+    def __init__(self, variant_id: str, available: list[str]) -> None:
+        choices = ", ".join(available) if available else "none: the store is empty"
+        super().__init__(f"no variant {variant_id!r} in the store (available: {choices})")
+        self.variant_id = variant_id
+        self.available = available
+
+
+class VariantExistsError(HushError):
+    """Publishing under an id the store already holds."""
+
+
+class CorruptVariantError(HushError):
+    """A variant directory that is not a valid variant: missing manifest, bad schema, wrong hashes."""
+
+
+class InvalidVariantIdError(HushError, ValueError):
+    """An id that is not URL-safe."""
+
+
+class SourceError(HushError):
+    """A model source (bundle, directory, hub id) that cannot be imported."""
+
+
+class ChecksumMismatchError(SourceError):
+    """Bytes that do not match their pinned SHA-256."""
+
+
+class AudioDecodeError(HushError, ValueError):
+    """Input that is not decodable audio, or holds no samples."""
+
+
+class EmptyAudioError(AudioDecodeError):
+    """Decodable input with no audio samples in it."""
+
+
+class UnsupportedLanguageError(HushError, ValueError):
+    """A language code the model does not know."""
+
+    def __init__(self, language: str, supported: list[str]) -> None:
+        super().__init__(
+            f"unsupported language {language!r}; supported: {', '.join(sorted(supported))}"
+        )
+        self.language = language
+        self.supported = supported
+
+
+class BackendUnavailableError(HushError):
+    """A variant whose backend or device cannot run here (e.g. a CUDA-only variant on a CPU machine)."""

@@ -1,0 +1,63 @@
+"""All of hush's settings, read once from the environment (``HUSH_...``, nested with ``__``).
+
+Only entry points build a :class:`HushSettings`; everything else receives the parts it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StoreSettings(BaseModel):
+    """Where variants live."""
+
+    root: Path = Field(Path(".hush/store"), description="Directory holding one sub-directory per variant.")
+    verify_on_open: bool = Field(
+        True, description="Check every weight file against the SHA-256 in its manifest before loading."
+    )
+
+
+class RuntimeSettings(BaseModel):
+    """How models run on this machine."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' picks CUDA when a GPU is present, else the CPU."
+    )
+    threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 keeps torch's default.")
+    cuda_dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="Compute dtype on CUDA for variants stored in float32."
+    )
+
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class HushSettings(BaseSettings):
+    """hush's settings. Each field can be set as ``HUSH_<SECTION>__<FIELD>``, e.g. ``HUSH_STORE__ROOT``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HUSH_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    home: Path = Field(Path(".hush"), description="Working directory for caches, corpora and runs.")
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("home")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Downloads and intermediate files that can be rebuilt."""
+        return self.home / "cache"
