@@ -47,12 +47,18 @@ class UnsupportedLanguageError(HushError, ValueError):
     """A language code the model does not know."""
 
     def __init__(self, language: str, supported: list[str]) -> None:
-        super().__init__(
-            f"unsupported language {language!r}; supported: {', '.join(sorted(supported))}"
-        )
+        super().__init__(f"unsupported language {language!r}; supported: {', '.join(sorted(supported))}")
         self.language = language
         self.supported = supported
 
 
 class BackendUnavailableError(HushError):
     """A variant whose backend or device cannot run here (e.g. a CUDA-only variant on a CPU machine)."""
+
+
+class AudioTooLongError(AudioDecodeError):
+    """Audio longer than the caller's limit; decoding stopped as soon as the limit was passed."""
+
+    def __init__(self, max_seconds: float) -> None:
+        super().__init__(f"audio is longer than the limit of {max_seconds:g} s")
+        self.max_seconds = max_seconds
