@@ -115,9 +115,7 @@ class ModelStore:
         if not directory.is_dir():
             raise VariantNotFoundError(variant_id, self.ids())
         if not manifest_path.is_file():
-            raise CorruptVariantError(
-                f"{directory} is not a hush variant: it has no {MANIFEST_FILENAME}"
-            )
+            raise CorruptVariantError(f"{directory} is not a hush variant: it has no {MANIFEST_FILENAME}")
         try:
             manifest = Manifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
         except (ValidationError, ValueError) as error:
@@ -198,9 +196,7 @@ class ModelStore:
         """Rewrite some manifest fields (e.g. ``eval``, ``latency``) atomically."""
         manifest = self.get(variant_id)
         updated = Manifest.model_validate({**manifest.model_dump(), **changes})
-        _write_json_atomically(
-            self.path(variant_id) / MANIFEST_FILENAME, updated.model_dump_json(indent=2)
-        )
+        _write_json_atomically(self.path(variant_id) / MANIFEST_FILENAME, updated.model_dump_json(indent=2))
         return updated
 
     def remove(self, variant_id: str) -> None:

@@ -36,8 +36,19 @@ class TranscribeOptions:
     log_prob_threshold: float | None = -1.0  # below it (unsure output) retry hotter
     no_speech_threshold: float | None = 0.6  # with a low log-prob, above it the window is silence
     without_timestamps: bool = False  # decode text only (faster, one segment per window)
+    word_timestamps: bool = False  # also time each word (cross-attention alignment)
     max_new_tokens: int | None = None  # per window; None fills the decoder's context
     seed: int = 0  # for sampling at temperature > 0
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word with its time span, when word timestamps were asked for."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class Segment:
     compression_ratio: float  # gzip ratio of the window's text; high means repetition
     no_speech_prob: float  # probability of the no-speech token at the window's start
     temperature: float  # the temperature the window was decoded at
+    words: tuple[Word, ...] | None = None  # only with ``word_timestamps``
 
 
 @dataclass(frozen=True)

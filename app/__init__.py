@@ -1,0 +1,1 @@
+"""hush's HTTP server: an OpenAI-compatible transcription API routed by accuracy per millisecond."""

@@ -1,0 +1,1 @@
+"""Compressing Whisper models and measuring what the compression costs in accuracy."""

@@ -1,0 +1,1 @@
+"""Engines that run a stored variant: transformers (PyTorch) and CTranslate2."""

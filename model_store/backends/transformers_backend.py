@@ -1,0 +1,186 @@
+"""Runs a variant stored as a transformers Whisper checkpoint, with hush's own decoding loop."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
+from transformers.modeling_outputs import BaseModelOutput
+
+from model_store.errors import UnsupportedLanguageError
+from model_store.features import log_mel_spectrogram, window
+from model_store.logit_rules import LogitRules
+from model_store.longform import transcribe_mel
+from model_store.manifest import Manifest
+from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
+from model_store.whisper_tokens import SpecialTokens, special_tokens
+
+logger = logging.getLogger(__name__)
+
+
+class TransformersWindowDecoder:
+    """Greedy or sampled decoding of one window with a key/value cache."""
+
+    def __init__(
+        self,
+        model: WhisperForConditionalGeneration,
+        tokenizer: WhisperTokenizer,
+        tokens: SpecialTokens,
+        generation: GenerationConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokens = tokens
+        self.device = device
+        self.dtype = dtype
+        suppress = list(getattr(generation, "suppress_tokens", None) or [])
+        begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
+        self._rules = {
+            flag: LogitRules.build(tokens, suppress=suppress, begin_suppress=begin_suppress, with_timestamps=flag)
+            for flag in (True, False)
+        }
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @torch.inference_mode()
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        batch = features.unsqueeze(0).to(self.device, self.dtype)
+        return self.model.model.encoder(batch).last_hidden_state
+
+    @torch.inference_mode()
+    def decode(
+        self, encoded: Any, prompt: list[int], *, temperature: float, max_new_tokens: int, with_timestamps: bool
+    ) -> tuple[list[int], float, float]:
+        rules = self._rules[with_timestamps]
+        encoder_outputs = BaseModelOutput(last_hidden_state=encoded)
+        input_ids = torch.tensor([prompt], device=self.device)
+        sot_index = prompt.index(self.tokens.sot)
+        past: Any = None
+        sampled: list[int] = []
+        sum_logprob = 0.0
+        no_speech_prob = 0.0
+        for step in range(max_new_tokens):
+            output = self.model(
+                encoder_outputs=encoder_outputs,
+                decoder_input_ids=input_ids,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = output.past_key_values
+            if step == 0:
+                first = output.logits[0, sot_index].float()
+                no_speech_prob = torch.softmax(first, dim=-1)[self.tokens.no_speech].item()
+            logits = rules.apply(output.logits[0, -1].float(), sampled)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1).cpu()
+                token = int(torch.multinomial(probs, 1, generator=self._generator).item())
+            else:
+                token = int(logits.argmax().item())
+            if token == self.tokens.eot:
+                break
+            sum_logprob += float(log_probs[token].item())
+            sampled.append(token)
+            input_ids = torch.tensor([[token]], device=self.device)
+        return sampled, sum_logprob, no_speech_prob
+
+    def text(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode([token for token in tokens if token < self.tokens.eot]))
+
+    def text_tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @torch.inference_mode()
+    def language_probabilities(self, encoded: torch.Tensor) -> dict[str, float]:
+        if not self.tokens.languages:
+            return {"en": 1.0}
+        logits = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+            decoder_input_ids=torch.tensor([[self.tokens.sot]], device=self.device),
+        ).logits[0, -1].float()
+        codes = list(self.tokens.languages)
+        ids = torch.tensor([self.tokens.languages[code] for code in codes], device=logits.device)
+        probs = torch.softmax(logits[ids], dim=-1).tolist()
+        return dict(sorted(zip(codes, probs, strict=True), key=lambda item: -item[1]))
+
+
+def load_whisper(directory: Path, device: torch.device, dtype: torch.dtype) -> WhisperForConditionalGeneration:
+    model = WhisperForConditionalGeneration.from_pretrained(directory, torch_dtype=dtype, local_files_only=True)
+    return model.to(device).eval()
+
+
+class TransformersTranscriber:
+    """A stored transformers checkpoint opened for transcription."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        directory: Path,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        model: WhisperForConditionalGeneration | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.float16)
+        self.model = model if model is not None else load_whisper(directory, self.device, self.dtype)
+        tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
+        generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
+        tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
+        self._decoder = TransformersWindowDecoder(
+            self.model, tokenizer, tokens, generation, self.device, self.dtype
+        )
+        self.n_mels = int(self.model.config.num_mel_bins)
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self._decoder.tokens.languages) or ["en"]
+
+    def detect_language(self, audio: Audio) -> dict[str, float]:
+        mel = log_mel_spectrogram(audio, self.n_mels)
+        return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+
+    def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
+        duration = len(audio) / SAMPLE_RATE
+        mel = log_mel_spectrogram(audio, self.n_mels)
+        content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
+        language, probability, all_probabilities = self._resolve_language(options.language, mel)
+        language_token = self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
+        segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options)
+        return Transcription(
+            text="".join(segment.text for segment in segments).strip(),
+            segments=tuple(segments),
+            language=language,
+            language_probability=probability,
+            duration=duration,
+            variant_id=self.manifest.id,
+            all_language_probabilities=all_probabilities,
+        )
+
+    def _resolve_language(
+        self, requested: str | None, mel: torch.Tensor
+    ) -> tuple[str, float | None, dict[str, float]]:
+        known = self.languages
+        if requested is not None:
+            if requested not in known:
+                raise UnsupportedLanguageError(requested, known)
+            return requested, None, {}
+        if not self._decoder.tokens.languages:
+            return "en", None, {}
+        probabilities = self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+        language, probability = next(iter(probabilities.items()))
+        return language, probability, probabilities
+
+    def close(self) -> None:
+        del self.model
+        del self._decoder
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,162 @@
+"""The ``hush`` command line. The store's own commands live here; compression and the server plug
+theirs in through the ``hush.commands`` entry points, so no side imports the other."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model_store import __version__
+from model_store.audio import decode_audio
+from model_store.errors import HushError
+from model_store.opener import open_variant
+from model_store.settings import HushSettings
+from model_store.store import ModelStore
+from model_store.transcription import TranscribeOptions
+
+logger = logging.getLogger("hush")
+
+cli = typer.Typer(
+    name="hush",
+    help="hush: compressed Whisper models, measured and served.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+store_app = typer.Typer(help="List, inspect, import and remove variants in the model store.", no_args_is_help=True)
+cli.add_typer(store_app, name="store")
+
+
+def settings() -> HushSettings:
+    return HushSettings()
+
+
+def open_store() -> ModelStore:
+    return ModelStore(settings().store.root)
+
+
+def _human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+@store_app.command("ls")
+def store_ls() -> None:
+    """List the variants with size, tier, languages and measured figures."""
+    store = open_store()
+    manifests = store.list()
+    if not manifests:
+        typer.echo(f"no variants in {store.root} (import one: hush store import whisper-base)", err=True)
+        return
+    header = f"{'id':<28} {'recipe':<12} {'tier':<6} {'device':<6} {'dtype':<8} {'size':>9} {'langs':<6} {'CER':>6} {'ms/s':>7}"
+    typer.echo(header)
+    for manifest in manifests:
+        languages = "*" if "*" in manifest.languages else ",".join(manifest.languages)[:6]
+        cer = "-"
+        if manifest.eval is not None and manifest.eval.languages:
+            scores = manifest.eval.languages.values()
+            pooled = sum(score.char_edits for score in scores) / max(1, sum(score.ref_chars for score in scores))
+            cer = f"{pooled:.3f}"
+        latency = f"{manifest.latency.ms_per_audio_second:.1f}" if manifest.latency else "-"
+        typer.echo(
+            f"{manifest.id:<28} {manifest.recipe.method:<12} {manifest.size_tier:<6} {manifest.device:<6} "
+            f"{manifest.dtype:<8} {_human_bytes(manifest.bytes_on_disk):>9} {languages:<6} {cer:>6} {latency:>7}"
+        )
+
+
+@store_app.command("show")
+def store_show(variant_id: str) -> None:
+    """Print a variant's manifest as JSON."""
+    typer.echo(open_store().get(variant_id).model_dump_json(indent=2))
+
+
+@store_app.command("rm")
+def store_rm(variant_id: str) -> None:
+    """Remove a variant from the store."""
+    open_store().remove(variant_id)
+    typer.echo(f"removed {variant_id}", err=True)
+
+
+@store_app.command("verify")
+def store_verify(variant_id: str) -> None:
+    """Check a variant's weights against the SHA-256 in its manifest."""
+    manifest = open_store().verify(variant_id)
+    typer.echo(f"{variant_id}: {len(manifest.weights)} files match their SHA-256", err=True)
+
+
+@cli.command("transcribe")
+def transcribe(
+    file: Annotated[Path, typer.Argument(help="Audio file (wav, flac, mp3, ogg, m4a, webm, ...).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Variant id; default: the first.")] = None,
+    language: Annotated[str | None, typer.Option("--language", "-l", help="ISO code; default: detect.")] = None,
+    task: Annotated[str, typer.Option(help="transcribe or translate (to English).")] = "transcribe",
+    segments: Annotated[bool, typer.Option("--segments", help="Print timed segments to stderr.")] = False,
+) -> None:
+    """Transcribe FILE: the transcript goes to stdout, everything else to stderr."""
+    hush_settings = settings()
+    store = ModelStore(hush_settings.store.root)
+    variant_id = model or _default_variant(store)
+    audio = decode_audio(file)
+    transcriber = open_variant(store, variant_id, hush_settings.runtime, verify=hush_settings.store.verify_on_open)
+    if task not in ("transcribe", "translate"):
+        raise typer.BadParameter("task must be 'transcribe' or 'translate'")
+    result = transcriber.transcribe(audio, TranscribeOptions(language=language, task=task))  # type: ignore[arg-type]
+    if segments:
+        for segment in result.segments:
+            typer.echo(f"[{segment.start:7.2f} -> {segment.end:7.2f}] {segment.text.strip()}", err=True)
+    detected = f" (p={result.language_probability:.2f})" if result.language_probability is not None else ""
+    typer.echo(f"{variant_id}: language {result.language}{detected}, {result.duration:.1f} s of audio", err=True)
+    typer.echo(result.text)
+
+
+def _default_variant(store: ModelStore) -> str:
+    ids = store.ids()
+    if not ids:
+        raise HushError(f"the store {store.root} is empty: run `hush store import whisper-base` first")
+    return "whisper-base" if "whisper-base" in ids else ids[0]
+
+
+@cli.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, settings().log_level)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command("version")
+def version() -> None:
+    """Print hush's version."""
+    typer.echo(__version__)
+
+
+def load_plugins(root: typer.Typer) -> None:
+    """Let compression and the server add their commands (``hush.commands`` entry points)."""
+    for entry in entry_points(group="hush.commands"):
+        try:
+            register = entry.load()
+        except ImportError as error:  # a side not installed, or broken: the rest still works
+            logger.debug("commands %s unavailable: %s", entry.name, error)
+            continue
+        register(root)
+
+
+def main() -> None:
+    load_plugins(cli)
+    try:
+        cli()
+    except HushError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The rules Whisper applies to the next-token logits while decoding (as OpenAI Whisper does).
+
+Suppressed tokens, a blank-free start, and the timestamp grammar: timestamps come in pairs (except
+just before the end), never decrease, the first token is a timestamp no later than 1 s, and a
+timestamp is forced when timestamps together are likelier than any single text token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model_store.whisper_tokens import MAX_INITIAL_TIMESTAMP_INDEX, SpecialTokens
+
+
+@dataclass(frozen=True)
+class LogitRules:
+    tokens: SpecialTokens
+    suppress: tuple[int, ...]  # always suppressed
+    begin_suppress: tuple[int, ...]  # suppressed at the first sampled position
+    with_timestamps: bool
+    max_initial_timestamp_index: int | None = MAX_INITIAL_TIMESTAMP_INDEX
+
+    @classmethod
+    def build(
+        cls,
+        tokens: SpecialTokens,
+        *,
+        suppress: list[int],
+        begin_suppress: list[int],
+        with_timestamps: bool,
+    ) -> LogitRules:
+        specials = {
+            tokens.transcribe,
+            tokens.translate,
+            tokens.sot,
+            tokens.start_of_prev,
+            tokens.start_of_lm,
+            tokens.no_speech,
+        }
+        if with_timestamps:
+            specials.add(tokens.no_timestamps)
+        return cls(
+            tokens=tokens,
+            suppress=tuple(sorted(set(suppress) | specials)),
+            begin_suppress=tuple(begin_suppress),
+            with_timestamps=with_timestamps,
+        )
+
+    def apply(self, logits: torch.Tensor, sampled: list[int]) -> torch.Tensor:
+        """Mask ``logits`` (vocab,) in place for the position after ``sampled`` tokens; returns it."""
+        negative = -float("inf")
+        logits[list(self.suppress)] = negative
+        if not sampled:
+            logits[list(self.begin_suppress)] = negative
+        if self.with_timestamps:
+            self._timestamp_rules(logits, sampled)
+        return logits
+
+    def _timestamp_rules(self, logits: torch.Tensor, sampled: list[int]) -> None:
+        negative = -float("inf")
+        begin = self.tokens.timestamp_begin
+        eot = self.tokens.eot
+        last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= begin
+        penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= begin
+        if last_was_timestamp:
+            if penultimate_was_timestamp:  # a pair just closed: text must follow
+                logits[begin:] = negative
+            else:  # an opening timestamp: a closing one (or the end) must follow
+                logits[:eot] = negative
+        timestamps = [token for token in sampled if token >= begin]
+        if timestamps:
+            floor = timestamps[-1] if last_was_timestamp and not penultimate_was_timestamp else timestamps[-1] + 1
+            logits[begin:floor] = negative
+        if not sampled:
+            logits[:begin] = negative
+            if self.max_initial_timestamp_index is not None:
+                logits[begin + self.max_initial_timestamp_index + 1 :] = negative
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        timestamp_mass = torch.logsumexp(log_probs[begin:], dim=-1)
+        best_text = log_probs[:begin].max()
+        if timestamp_mass > best_text:
+            logits[:begin] = negative

@@ -1,0 +1,52 @@
+"""Opening a stored variant into a runnable :class:`Transcriber`, on the device the settings allow."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from model_store.errors import BackendUnavailableError
+from model_store.manifest import Manifest
+from model_store.settings import RuntimeSettings
+from model_store.store import ModelStore
+from model_store.transcription import Transcriber
+
+logger = logging.getLogger(__name__)
+
+_CUDA_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+Opener = Callable[[Manifest, Path, str, RuntimeSettings], Transcriber]
+
+
+def _open_transformers(manifest: Manifest, directory: Path, device: str, runtime: RuntimeSettings) -> Transcriber:
+    from model_store.backends.transformers_backend import TransformersTranscriber
+
+    dtype = torch.float32 if device == "cpu" else _CUDA_DTYPES[runtime.cuda_dtype]
+    return TransformersTranscriber(manifest, directory, device=device, dtype=dtype)
+
+
+OPENERS: dict[str, Opener] = {"transformers": _open_transformers}
+
+
+def runnable_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:
+    """Whether this machine can run the variant (a CUDA-only variant needs a GPU)."""
+    return manifest.device == "cpu" or runtime.resolved_device() == "cuda"
+
+
+def open_variant(store: ModelStore, variant_id: str, runtime: RuntimeSettings, *, verify: bool = True) -> Transcriber:
+    """Load a variant after checking its weights; raises a typed error if it cannot run here."""
+    manifest = store.verify(variant_id) if verify else store.get(variant_id)
+    if not runnable_here(manifest, runtime):
+        raise BackendUnavailableError(f"variant {variant_id!r} needs a CUDA GPU and none is available here")
+    if manifest.backend not in OPENERS:
+        raise BackendUnavailableError(
+            f"variant {variant_id!r} uses backend {manifest.backend!r}; available: {', '.join(OPENERS)}"
+        )
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    device = runtime.resolved_device()
+    logger.info("loading %s (%s) on %s", variant_id, manifest.backend, device)
+    return OPENERS[manifest.backend](manifest, store.path(variant_id), device, runtime)

@@ -1,0 +1,73 @@
+"""Whisper's tokenizer and its special tokens, as both the importer and the backends need them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import WhisperTokenizer
+
+from model_store.errors import SourceError
+
+TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|> in steps of 0.02 s
+MAX_TARGET_LENGTH = 448  # tokens in the decoder's context
+MAX_INITIAL_TIMESTAMP_INDEX = 50  # the first timestamp is at most 1.00 s
+
+
+def timestamp_token(index: int) -> str:
+    return f"<|{index * 0.02:.2f}|>"
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of Whisper's special tokens, read from the tokenizer."""
+
+    eot: int
+    sot: int
+    translate: int
+    transcribe: int
+    start_of_lm: int
+    start_of_prev: int
+    no_speech: int
+    no_timestamps: int
+    timestamp_begin: int
+    languages: dict[str, int]  # empty for English-only models
+
+
+def load_tokenizer(tokenizer_json: Path) -> WhisperTokenizer:
+    """The tokenizer, with the 1501 timestamp tokens appended when the file lacks them."""
+    tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_json))
+    vocabulary = tokenizer.get_vocab()
+    if timestamp_token(0) not in vocabulary:
+        tokenizer.add_tokens([timestamp_token(index) for index in range(TIMESTAMP_TOKENS)])
+    return tokenizer
+
+
+def special_tokens(tokenizer: WhisperTokenizer, *, multilingual: bool) -> SpecialTokens:
+    vocabulary = tokenizer.get_vocab()
+
+    def token_id(*candidates: str) -> int:
+        for candidate in candidates:
+            if candidate in vocabulary:
+                return int(vocabulary[candidate])
+        raise SourceError(f"tokenizer lacks the special token {candidates[0]}")
+
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    languages = (
+        {code: int(vocabulary[f"<|{code}|>"]) for code in LANGUAGES if f"<|{code}|>" in vocabulary}
+        if multilingual
+        else {}
+    )
+    return SpecialTokens(
+        eot=token_id("<|endoftext|>"),
+        sot=token_id("<|startoftranscript|>"),
+        translate=token_id("<|translate|>"),
+        transcribe=token_id("<|transcribe|>"),
+        start_of_lm=token_id("<|startoflm|>"),
+        start_of_prev=token_id("<|startofprev|>"),
+        no_speech=token_id("<|nospeech|>", "<|nocaptions|>"),
+        no_timestamps=token_id("<|notimestamps|>"),
+        timestamp_begin=token_id(timestamp_token(0)),
+        languages=languages,
+    )

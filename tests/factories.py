@@ -1,0 +1,69 @@
+"""Tiny randomly initialised Whispers for plumbing tests (never for accuracy claims).
+
+They use the real multilingual tokenizer of the bundled base model, so every special token, language
+and timestamp behaves as in a real checkpoint; only the weights are random and the sizes tiny.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from compression.importers.bundles import locate_bundle
+from compression.importers.publish import publish_imported
+from compression.importers.sources import ImportedWhisper
+from compression.importers.whisper_assets import ct2_generation_settings, generation_config
+from model_store.manifest import Manifest
+from model_store.store import ModelStore
+from model_store.whisper_tokens import load_tokenizer, special_tokens
+
+
+def tiny_random_whisper(seed: int = 0, *, d_model: int = 64, layers: int = 2) -> ImportedWhisper:
+    files = locate_bundle("whisper-base", verify=False)
+    tokenizer = load_tokenizer(files.tokenizer)
+    tokens = special_tokens(tokenizer, multilingual=True)
+    settings = ct2_generation_settings(files.config)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=4 * d_model,
+        decoder_ffn_dim=4 * d_model,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=tokens.eot,
+        bos_token_id=tokens.eot,
+        eos_token_id=tokens.eot,
+        decoder_start_token_id=tokens.sot,
+        suppress_tokens=settings["suppress_tokens"],
+        begin_suppress_tokens=settings["begin_suppress_tokens"],
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    generation = generation_config(
+        tokens,
+        suppress=settings["suppress_tokens"],
+        begin_suppress=settings["begin_suppress_tokens"],
+        alignment_heads=[[layers - 1, 0]],
+    )
+    model.generation_config = generation
+    return ImportedWhisper(
+        model, tokenizer, generation, True, origin="random-init", details={"seed": seed, "d_model": d_model}
+    )
+
+
+def publish_tiny_variant(store: ModelStore, variant_id: str = "tiny-random", seed: int = 0) -> Manifest:
+    return publish_imported(store, tiny_random_whisper(seed), variant_id)
+
+
+def store_with_tiny_variants(root: Path, *variant_ids: str) -> ModelStore:
+    store = ModelStore(root)
+    for index, variant_id in enumerate(variant_ids or ("tiny-random",)):
+        publish_tiny_variant(store, variant_id, seed=index)
+    return store
