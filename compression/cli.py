@@ -15,23 +15,29 @@ def register(cli: typer.Typer) -> None:
     """Add compression's commands to the ``hush`` command line."""
     store_group = next(group.typer_instance for group in cli.registered_groups if group.name == "store")
     store_group.command("import")(store_import)
-    try:
-        from compression.data.cli import data_app
-    except ImportError:
-        pass
-    else:
-        cli.add_typer(data_app, name="data", help="Build the evaluation and training speech corpus.")
+    from compression.data.cli import data_app
+    from compression.evaluation.cli import eval_command
+
+    cli.add_typer(data_app, name="data", help="Build the evaluation and training speech corpus.")
+    cli.command("eval")(eval_command)
 
 
 def store_import(
     source: Annotated[
         str,
-        typer.Argument(help="A bundled model (whisper-base, whisper-tiny.en), a checkpoint directory, or a hub id."),
+        typer.Argument(
+            help="A bundled model (whisper-base, whisper-tiny.en), a checkpoint directory, or a hub id."
+        ),
     ],
-    variant_id: Annotated[str | None, typer.Option("--id", help="Variant id; default from the source.")] = None,
+    variant_id: Annotated[
+        str | None, typer.Option("--id", help="Variant id; default from the source.")
+    ] = None,
     replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
 ) -> None:
     """Import a Whisper checkpoint into the store as a variant (weights checked against their pin)."""
     store = ModelStore(HushSettings().store.root)
     manifest = import_to_store(store, source, variant_id, replace=replace)
-    typer.echo(f"imported {manifest.id}: {manifest.parameters:,} parameters, {manifest.bytes_on_disk:,} bytes", err=True)
+    typer.echo(
+        f"imported {manifest.id}: {manifest.parameters:,} parameters, {manifest.bytes_on_disk:,} bytes",
+        err=True,
+    )

@@ -27,7 +27,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-store_app = typer.Typer(help="List, inspect, import and remove variants in the model store.", no_args_is_help=True)
+store_app = typer.Typer(
+    help="List, inspect, import and remove variants in the model store.", no_args_is_help=True
+)
 cli.add_typer(store_app, name="store")
 
 
@@ -63,7 +65,9 @@ def store_ls() -> None:
         cer = "-"
         if manifest.eval is not None and manifest.eval.languages:
             scores = manifest.eval.languages.values()
-            pooled = sum(score.char_edits for score in scores) / max(1, sum(score.ref_chars for score in scores))
+            pooled = sum(score.char_edits for score in scores) / max(
+                1, sum(score.ref_chars for score in scores)
+            )
             cer = f"{pooled:.3f}"
         latency = f"{manifest.latency.ms_per_audio_second:.1f}" if manifest.latency else "-"
         typer.echo(
@@ -95,8 +99,12 @@ def store_verify(variant_id: str) -> None:
 @cli.command("transcribe")
 def transcribe(
     file: Annotated[Path, typer.Argument(help="Audio file (wav, flac, mp3, ogg, m4a, webm, ...).")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Variant id; default: the first.")] = None,
-    language: Annotated[str | None, typer.Option("--language", "-l", help="ISO code; default: detect.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Variant id; default: the first.")
+    ] = None,
+    language: Annotated[
+        str | None, typer.Option("--language", "-l", help="ISO code; default: detect.")
+    ] = None,
     task: Annotated[str, typer.Option(help="transcribe or translate (to English).")] = "transcribe",
     segments: Annotated[bool, typer.Option("--segments", help="Print timed segments to stderr.")] = False,
 ) -> None:
@@ -105,7 +113,9 @@ def transcribe(
     store = ModelStore(hush_settings.store.root)
     variant_id = model or _default_variant(store)
     audio = decode_audio(file)
-    transcriber = open_variant(store, variant_id, hush_settings.runtime, verify=hush_settings.store.verify_on_open)
+    transcriber = open_variant(
+        store, variant_id, hush_settings.runtime, verify=hush_settings.store.verify_on_open
+    )
     if task not in ("transcribe", "translate"):
         raise typer.BadParameter("task must be 'transcribe' or 'translate'")
     result = transcriber.transcribe(audio, TranscribeOptions(language=language, task=task))  # type: ignore[arg-type]
@@ -113,7 +123,9 @@ def transcribe(
         for segment in result.segments:
             typer.echo(f"[{segment.start:7.2f} -> {segment.end:7.2f}] {segment.text.strip()}", err=True)
     detected = f" (p={result.language_probability:.2f})" if result.language_probability is not None else ""
-    typer.echo(f"{variant_id}: language {result.language}{detected}, {result.duration:.1f} s of audio", err=True)
+    typer.echo(
+        f"{variant_id}: language {result.language}{detected}, {result.duration:.1f} s of audio", err=True
+    )
     typer.echo(result.text)
 
 
@@ -129,7 +141,9 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     level = logging.DEBUG if verbose else getattr(logging, settings().log_level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 @cli.command("version")
@@ -144,7 +158,7 @@ def load_plugins(root: typer.Typer) -> None:
         try:
             register = entry.load()
         except ImportError as error:  # a side not installed, or broken: the rest still works
-            logger.debug("commands %s unavailable: %s", entry.name, error)
+            logger.warning("commands of %s unavailable: %s", entry.name, error)
             continue
         register(root)
 

@@ -71,7 +71,9 @@ class LogitRules:
                 logits[:eot] = negative
         timestamps = [token for token in sampled if token >= begin]
         if timestamps:
-            floor = timestamps[-1] if last_was_timestamp and not penultimate_was_timestamp else timestamps[-1] + 1
+            floor = (
+                timestamps[-1] if last_was_timestamp and not penultimate_was_timestamp else timestamps[-1] + 1
+            )
             logits[begin:floor] = negative
         if not sampled:
             logits[:begin] = negative

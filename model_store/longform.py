@@ -67,7 +67,13 @@ class WindowDecoder(Protocol):
         ...
 
     def decode(
-        self, encoded: Any, prompt: list[int], *, temperature: float, max_new_tokens: int, with_timestamps: bool
+        self,
+        encoded: Any,
+        prompt: list[int],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
     ) -> tuple[list[int], float, float]:
         """Sampled tokens (without end-of-text), their summed log-probability, no-speech probability."""
         ...
@@ -123,7 +129,9 @@ def _segments_of_window(
     sampled = output.tokens
     is_timestamp = [token >= begin for token in sampled]
     single_timestamp_ending = is_timestamp[-2:] == [False, True]
-    consecutive = [index + 1 for index in range(len(sampled) - 1) if is_timestamp[index] and is_timestamp[index + 1]]
+    consecutive = [
+        index + 1 for index in range(len(sampled) - 1) if is_timestamp[index] and is_timestamp[index + 1]
+    ]
     pieces: list[tuple[float, float, list[int]]] = []
     if consecutive:
         slices = [*consecutive, len(sampled)] if single_timestamp_ending else consecutive
@@ -173,8 +181,10 @@ def transcribe_mel(
         room = MAX_TARGET_LENGTH - len(prompt)  # the decoder's positions end at 448
         output = _decode_with_fallback(decoder, encoded, prompt, options, min(max_new_tokens, room))
 
-        if options.no_speech_threshold is not None and output.no_speech_prob > options.no_speech_threshold and (
-            options.log_prob_threshold is None or output.avg_logprob <= options.log_prob_threshold
+        if (
+            options.no_speech_threshold is not None
+            and output.no_speech_prob > options.no_speech_threshold
+            and (options.log_prob_threshold is None or output.avg_logprob <= options.log_prob_threshold)
         ):
             seek += window_frames
             continue
@@ -200,5 +210,7 @@ def transcribe_mel(
         history.extend(output.tokens)
         if not options.condition_on_previous_text or output.temperature > 0.5:
             prompt_reset_since = len(history)
-        seek += max(advance, 1)
+        # At least a second of progress per window: a degenerate model that closes a segment right at
+        # the window's start would otherwise crawl through the audio a few frames at a time.
+        seek += max(advance, min(window_frames, FRAMES_PER_SECOND))
     return segments

@@ -21,7 +21,9 @@ _CUDA_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32":
 Opener = Callable[[Manifest, Path, str, RuntimeSettings], Transcriber]
 
 
-def _open_transformers(manifest: Manifest, directory: Path, device: str, runtime: RuntimeSettings) -> Transcriber:
+def _open_transformers(
+    manifest: Manifest, directory: Path, device: str, runtime: RuntimeSettings
+) -> Transcriber:
     from model_store.backends.transformers_backend import TransformersTranscriber
 
     dtype = torch.float32 if device == "cpu" else _CUDA_DTYPES[runtime.cuda_dtype]
@@ -36,7 +38,9 @@ def runnable_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:
     return manifest.device == "cpu" or runtime.resolved_device() == "cuda"
 
 
-def open_variant(store: ModelStore, variant_id: str, runtime: RuntimeSettings, *, verify: bool = True) -> Transcriber:
+def open_variant(
+    store: ModelStore, variant_id: str, runtime: RuntimeSettings, *, verify: bool = True
+) -> Transcriber:
     """Load a variant after checking its weights; raises a typed error if it cannot run here."""
     manifest = store.verify(variant_id) if verify else store.get(variant_id)
     if not runnable_here(manifest, runtime):

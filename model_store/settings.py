@@ -40,6 +40,18 @@ class RuntimeSettings(BaseModel):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class EvalSettings(BaseModel):
+    """How variants are measured (``hush eval``)."""
+
+    corpus: Path | None = Field(
+        None, description="Corpus directory (with corpus.json); default: the one built under <home>/corpus."
+    )
+    split: Literal["train", "dev", "test"] = Field("dev", description="Split evaluated by default.")
+    bootstrap_resamples: int = Field(1000, ge=100, description="Resamples for confidence intervals.")
+    latency_clips: int = Field(8, ge=1, description="Dev clips timed for the latency figure.")
+    latency_runs: int = Field(3, ge=1, description="Timed runs after one warm-up; the median is kept.")
+
+
 class HushSettings(BaseSettings):
     """hush's settings. Each field can be set as ``HUSH_<SECTION>__<FIELD>``, e.g. ``HUSH_STORE__ROOT``."""
 
@@ -50,6 +62,7 @@ class HushSettings(BaseSettings):
     home: Path = Field(Path(".hush"), description="Working directory for caches, corpora and runs.")
     store: StoreSettings = Field(default_factory=StoreSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("home")
@@ -61,3 +74,13 @@ class HushSettings(BaseSettings):
     def cache_dir(self) -> Path:
         """Downloads and intermediate files that can be rebuilt."""
         return self.home / "cache"
+
+    @property
+    def corpus_root(self) -> Path:
+        """Where ``hush data build`` writes corpora."""
+        return self.home / "corpus"
+
+    @property
+    def eval_dir(self) -> Path:
+        """Transcripts of evaluations, kept so that they resume and can be compared."""
+        return self.home / "eval"

@@ -89,12 +89,20 @@ def locate_bundle(name: str, *, verify: bool = True) -> BundleFiles:
     parts = tuple(_locate(bundle, part) for part in bundle.model_parts)
     files = BundleFiles(bundle, parts, _locate(bundle, bundle.config), _locate(bundle, bundle.tokenizer))
     if verify:
-        size = sum(part.stat().st_size for part in parts)
-        digest = sha256_files(list(parts)) if size == bundle.model_bytes else None
-        if digest != bundle.model_sha256:
-            raise ChecksumMismatchError(
-                f"bundled model {name!r} does not match its pinned SHA-256 ({size} bytes, expected "
-                f"{bundle.model_bytes}): the package is truncated or was tampered with; "
-                f"reinstall {bundle.requirement}"
-            )
+        verify_parts(bundle, parts)
     return files
+
+
+def verify_parts(bundle: Bundle, parts: tuple[Path, ...]) -> None:
+    """Refuse model.bin parts whose size or SHA-256 differ from the bundle's pin."""
+    size = sum(part.stat().st_size for part in parts)
+    if size != bundle.model_bytes:
+        raise ChecksumMismatchError(
+            f"bundled model {bundle.name!r} is truncated or padded: {size} bytes, expected "
+            f"{bundle.model_bytes} (SHA-256 pin not checked); reinstall {bundle.requirement}"
+        )
+    if sha256_files(list(parts)) != bundle.model_sha256:
+        raise ChecksumMismatchError(
+            f"bundled model {bundle.name!r} does not match its pinned SHA-256: the package was "
+            f"modified or corrupted; reinstall {bundle.requirement}"
+        )

@@ -23,7 +23,7 @@ _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
 
 
 def _tensor(array: npt.NDArray[np.generic]) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return torch.from_numpy(np.array(array, dtype=np.float32))  # a writable float32 copy
 
 
 def _scalar(model: Ct2Model, name: str) -> int:

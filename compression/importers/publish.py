@@ -18,11 +18,13 @@ def default_variant_id(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
 
 
-def publish_imported(store: ModelStore, imported: ImportedWhisper, variant_id: str, *, replace: bool = False) -> Manifest:
+def publish_imported(
+    store: ModelStore, imported: ImportedWhisper, variant_id: str, *, replace: bool = False
+) -> Manifest:
     parameters = sum(parameter.numel() for parameter in imported.model.parameters())
     with store.publish(variant_id, replace=replace) as staging:
         imported.save(staging.directory, dtype=torch.float16)
-        manifest = staging.commit(
+        return staging.commit(
             parent=imported.origin,
             recipe=Recipe(method="import", args=imported.details),
             backend="transformers",
@@ -33,10 +35,11 @@ def publish_imported(store: ModelStore, imported: ImportedWhisper, variant_id: s
             multilingual=imported.multilingual,
             languages=(ALL_LANGUAGES,) if imported.multilingual else ("en",),
         )
-    return manifest
 
 
-def import_to_store(store: ModelStore, source: str, variant_id: str | None = None, *, replace: bool = False) -> Manifest:
+def import_to_store(
+    store: ModelStore, source: str, variant_id: str | None = None, *, replace: bool = False
+) -> Manifest:
     """Import ``source`` (bundle, directory or hub id) and publish it; returns its manifest."""
     imported = load_source(source)
     return publish_imported(store, imported, variant_id or default_variant_id(source), replace=replace)

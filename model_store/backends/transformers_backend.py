@@ -43,7 +43,9 @@ class TransformersWindowDecoder:
         suppress = list(getattr(generation, "suppress_tokens", None) or [])
         begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
         self._rules = {
-            flag: LogitRules.build(tokens, suppress=suppress, begin_suppress=begin_suppress, with_timestamps=flag)
+            flag: LogitRules.build(
+                tokens, suppress=suppress, begin_suppress=begin_suppress, with_timestamps=flag
+            )
             for flag in (True, False)
         }
         self._generator = torch.Generator().manual_seed(seed)
@@ -55,7 +57,13 @@ class TransformersWindowDecoder:
 
     @torch.inference_mode()
     def decode(
-        self, encoded: Any, prompt: list[int], *, temperature: float, max_new_tokens: int, with_timestamps: bool
+        self,
+        encoded: Any,
+        prompt: list[int],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
     ) -> tuple[list[int], float, float]:
         rules = self._rules[with_timestamps]
         encoder_outputs = BaseModelOutput(last_hidden_state=encoded)
@@ -100,18 +108,26 @@ class TransformersWindowDecoder:
     def language_probabilities(self, encoded: torch.Tensor) -> dict[str, float]:
         if not self.tokens.languages:
             return {"en": 1.0}
-        logits = self.model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-            decoder_input_ids=torch.tensor([[self.tokens.sot]], device=self.device),
-        ).logits[0, -1].float()
+        logits = (
+            self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+                decoder_input_ids=torch.tensor([[self.tokens.sot]], device=self.device),
+            )
+            .logits[0, -1]
+            .float()
+        )
         codes = list(self.tokens.languages)
         ids = torch.tensor([self.tokens.languages[code] for code in codes], device=logits.device)
         probs = torch.softmax(logits[ids], dim=-1).tolist()
         return dict(sorted(zip(codes, probs, strict=True), key=lambda item: -item[1]))
 
 
-def load_whisper(directory: Path, device: torch.device, dtype: torch.dtype) -> WhisperForConditionalGeneration:
-    model = WhisperForConditionalGeneration.from_pretrained(directory, torch_dtype=dtype, local_files_only=True)
+def load_whisper(
+    directory: Path, device: torch.device, dtype: torch.dtype
+) -> WhisperForConditionalGeneration:
+    model = WhisperForConditionalGeneration.from_pretrained(
+        directory, torch_dtype=dtype, local_files_only=True
+    )
     return model.to(device).eval()
 
 
@@ -152,7 +168,9 @@ class TransformersTranscriber:
         mel = log_mel_spectrogram(audio, self.n_mels)
         content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
         language, probability, all_probabilities = self._resolve_language(options.language, mel)
-        language_token = self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
+        language_token = (
+            self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
+        )
         segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options)
         return Transcription(
             text="".join(segment.text for segment in segments).strip(),

@@ -1,0 +1,115 @@
+"""``hush eval VARIANT`` and ``hush eval compare A B``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compression.data.corpus import Corpus
+from compression.evaluation.latency import measure_latency
+from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
+from model_store.manifest import EvalReport, Manifest
+from model_store.settings import HushSettings
+from model_store.store import ModelStore
+
+
+def find_corpus(settings: HushSettings, explicit: Path | None = None) -> Corpus:
+    """The corpus named, configured, or the only/newest one built under <home>/corpus."""
+    chosen = explicit or settings.eval.corpus
+    if chosen is not None:
+        return Corpus.open(chosen)
+    built = sorted(settings.corpus_root.glob("*/corpus.json"), key=lambda path: path.stat().st_mtime)
+    if not built:
+        raise typer.BadParameter(
+            f"no corpus under {settings.corpus_root}: build one with `hush data build` or pass --corpus"
+        )
+    return Corpus.open(built[-1].parent)
+
+
+def latency_clips(corpus: Corpus, manifest: Manifest, count: int) -> list[tuple[Path, str]]:
+    """A fixed, language-balanced set of dev clips the variant covers."""
+    by_language: dict[str, list[tuple[Path, str]]] = {}
+    for utterance in corpus.utterances("dev"):
+        if manifest.covers(utterance.language):
+            by_language.setdefault(utterance.language, []).append((utterance.audio_path, utterance.language))
+    clips: list[tuple[Path, str]] = []
+    while len(clips) < count and any(by_language.values()):
+        for language in sorted(by_language):
+            if by_language[language] and len(clips) < count:
+                clips.append(by_language[language].pop(0))
+    return clips
+
+
+def print_report(variant_id: str, report: EvalReport, manifest: Manifest) -> None:
+    typer.echo(
+        f"\n{variant_id} on {report.corpus_id} ({report.split}), corpus sha256 {report.corpus_sha256[:12]}"
+    )
+    typer.echo(f"{'lang':<5} {'utts':>5} {'min':>6} {'CER':>7} {'95% CI':>17} {'WER':>7} {'CER raw':>8}")
+    for language, score in sorted(report.languages.items()):
+        low, high = score.cer_ci95 or (float("nan"), float("nan"))
+        typer.echo(
+            f"{language:<5} {score.utterances:>5} {score.audio_seconds / 60:>6.1f} {score.cer:>7.3f} "
+            f"[{low:>6.3f}, {high:>6.3f}] {score.wer:>7.3f} {score.cer_raw:>8.3f}"
+        )
+    if manifest.latency:
+        latency = manifest.latency
+        typer.echo(
+            f"latency: {latency.ms_per_audio_second:.1f} ms per audio second (RTF {latency.real_time_factor:.3f}), "
+            f"peak memory {latency.peak_memory_bytes / 2**20:.0f} MiB, load {latency.load_seconds:.2f} s, "
+            f"{latency.machine.threads} threads on {latency.machine.cpu}"
+        )
+
+
+def eval_command(
+    targets: Annotated[list[str], typer.Argument(help="VARIANT, or: compare A B")],
+    split: Annotated[
+        str | None, typer.Option(help="train, dev or test (default from settings: dev).")
+    ] = None,
+    languages: Annotated[str | None, typer.Option(help="Comma-separated languages; default all.")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus directory; default the one built.")] = None,
+    latency: Annotated[bool, typer.Option(help="Also measure latency on this machine.")] = True,
+) -> None:
+    """Evaluate a variant on the corpus and record CER/WER per language and latency in its manifest.
+
+    `hush eval compare A B` prints per-language CER differences (B - A) with paired bootstrap intervals.
+    """
+    settings = HushSettings()
+    store = ModelStore(settings.store.root)
+    job = EvalJob(
+        corpus=find_corpus(settings, corpus),
+        split=split or settings.eval.split,
+        languages=languages.split(",") if languages else None,
+        hypotheses_root=settings.eval_dir,
+        bootstrap_resamples=settings.eval.bootstrap_resamples,
+    )
+    if targets[0] == "compare":
+        if len(targets) != 3:
+            raise typer.BadParameter("usage: hush eval compare A B")
+        _compare(store, targets[1], targets[2], job)
+        return
+    for variant_id in targets:
+        report = evaluate_variant(store, variant_id, job, settings.runtime)
+        if latency:
+            manifest = store.get(variant_id)
+            clips = latency_clips(job.corpus, manifest, settings.eval.latency_clips)
+            measured = measure_latency(
+                settings.store.root, variant_id, clips, settings.eval.latency_runs, settings.runtime
+            )
+            store.update(variant_id, latency=measured)
+        print_report(variant_id, report, store.get(variant_id))
+
+
+def _compare(store: ModelStore, variant_a: str, variant_b: str, job: EvalJob) -> None:
+    rows = compare_variants(store, variant_a, variant_b, job)
+    typer.echo(
+        f"CER of {variant_b} minus {variant_a} on {job.corpus.id} ({job.split}); negative: B is better"
+    )
+    typer.echo(f"{'lang':<5} {'utts':>5} {'CER A':>7} {'CER B':>7} {'B-A':>8} {'95% CI':>19}  verdict for B")
+    for row in rows:
+        diff = row.difference
+        typer.echo(
+            f"{row.language:<5} {row.utterances:>5} {row.cer_a:>7.3f} {row.cer_b:>7.3f} {diff.estimate:>+8.3f} "
+            f"[{diff.low:>+7.3f}, {diff.high:>+7.3f}]  {diff.verdict}"
+        )

@@ -1,0 +1,54 @@
+"""The transcripts an evaluation produced, appended line by line so a killed run resumes.
+
+One JSONL file per (variant weights, corpus, split): a variant re-published with other weights, or a
+rebuilt corpus, starts afresh instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from model_store.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    id: str
+    language: str
+    reference: str
+    hypothesis: str
+    audio_seconds: float
+    compute_seconds: float
+
+
+def weights_digest(manifest: Manifest) -> str:
+    joined = "".join(f"{file.path}:{file.sha256};" for file in manifest.weights)
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+class HypothesisLog:
+    """Append-only record of one evaluation's transcripts."""
+
+    def __init__(self, root: Path, manifest: Manifest, corpus_sha256: str, split: str) -> None:
+        self.path = root / manifest.id / f"{corpus_sha256[:16]}-{split}-{weights_digest(manifest)}.jsonl"
+
+    def load(self) -> dict[str, Hypothesis]:
+        if not self.path.is_file():
+            return {}
+        done: dict[str, Hypothesis] = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = Hypothesis(**json.loads(line))
+            except (ValueError, TypeError):
+                continue  # a line cut short by a kill: that utterance is simply redone
+            done[record.id] = record
+        return done
+
+    def append(self, hypothesis: Hypothesis) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(asdict(hypothesis), ensure_ascii=False) + "\n")
+            stream.flush()

@@ -1,0 +1,131 @@
+"""Latency of a variant on this machine, measured in a fresh process so its peak memory is its own.
+
+Warm-up once over the clips, then ``runs`` timed passes; the figure kept is the median over passes of
+milliseconds of compute per second of audio, with the thread count fixed and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_store.audio import decode_audio
+from model_store.manifest import Latency, MachineInfo
+from model_store.opener import open_variant
+from model_store.settings import RuntimeSettings
+from model_store.store import ModelStore
+from model_store.transcription import SAMPLE_RATE, TranscribeOptions
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int, device: str) -> MachineInfo:
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
+    return MachineInfo(
+        cpu=_cpu_name(),
+        cores=os.cpu_count() or 1,
+        threads=threads,
+        gpu=gpu,
+        torch=torch.__version__,
+        platform=platform.platform(terse=True),
+    )
+
+
+def run_measurement(
+    store_root: Path, variant_id: str, clips: list[tuple[Path, str]], runs: int, runtime: RuntimeSettings
+) -> dict[str, Any]:
+    """Load, warm up, time; runs in the worker process."""
+    threads = runtime.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    transcriber = open_variant(ModelStore(store_root), variant_id, runtime, verify=False)
+    load_seconds = time.perf_counter() - started
+    audios = [(decode_audio(path), language) for path, language in clips]
+    audio_seconds = sum(len(audio) for audio, _ in audios) / SAMPLE_RATE
+    device = runtime.resolved_device()
+
+    def one_pass() -> float:
+        begin = time.perf_counter()
+        for audio, language in audios:
+            transcriber.transcribe(
+                audio, TranscribeOptions(language=language, condition_on_previous_text=False)
+            )
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - begin
+
+    one_pass()  # warm-up
+    per_pass_ms = [1000 * one_pass() / audio_seconds for _ in range(runs)]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device == "cuda":
+        peak = int(torch.cuda.max_memory_allocated())
+    median = statistics.median(per_pass_ms)
+    return Latency(
+        ms_per_audio_second=round(median, 2),
+        real_time_factor=round(median / 1000, 4),
+        peak_memory_bytes=peak,
+        load_seconds=round(load_seconds, 3),
+        runs=runs,
+        device=device,
+        machine=machine_info(threads, device),
+    ).model_dump(mode="json") | {"per_pass_ms": per_pass_ms, "audio_seconds": audio_seconds}
+
+
+def measure_latency(
+    store_root: Path, variant_id: str, clips: list[tuple[Path, str]], runs: int, runtime: RuntimeSettings
+) -> Latency:
+    """Run :func:`run_measurement` in a child process and return its result."""
+    request = {
+        "store_root": str(store_root),
+        "variant_id": variant_id,
+        "clips": [[str(path), language] for path, language in clips],
+        "runs": runs,
+        "runtime": runtime.model_dump(mode="json"),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "compression.evaluation.latency"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"latency measurement of {variant_id} failed:\n{completed.stderr[-2000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    return Latency.model_validate(
+        {key: value for key, value in result.items() if key in Latency.model_fields}
+    )
+
+
+def _worker() -> None:
+    request = json.loads(sys.stdin.read())
+    result = run_measurement(
+        Path(request["store_root"]),
+        request["variant_id"],
+        [(Path(path), language) for path, language in request["clips"]],
+        int(request["runs"]),
+        RuntimeSettings.model_validate(request["runtime"]),
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _worker()

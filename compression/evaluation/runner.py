@@ -1,0 +1,186 @@
+"""``hush eval``: transcribe a corpus split with a variant, score it per language, record it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from compression.data.corpus import Corpus, Utterance
+from compression.evaluation.hypotheses import Hypothesis, HypothesisLog
+from compression.evaluation.scoring import (
+    PairedDifference,
+    UtteranceScore,
+    bootstrap_ci,
+    paired_difference_ci,
+    score_utterance,
+    summarize,
+)
+from model_store.manifest import EvalReport, LanguageScore
+from model_store.opener import open_variant
+from model_store.settings import RuntimeSettings
+from model_store.store import ModelStore
+from model_store.transcription import DEFAULT_TEMPERATURES, TranscribeOptions, Transcriber
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """What to evaluate and where its transcripts are kept."""
+
+    corpus: Corpus
+    split: str
+    languages: Sequence[str] | None
+    hypotheses_root: Path
+    bootstrap_resamples: int = 1000
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+
+
+def evaluation_options(
+    language: str, temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+) -> TranscribeOptions:
+    """Decoding used for every evaluation: the reference language given, Whisper's default fallback."""
+    return TranscribeOptions(language=language, condition_on_previous_text=False, temperatures=temperatures)
+
+
+def transcribe_split(
+    transcriber: Transcriber,
+    utterances: Sequence[Utterance],
+    log: HypothesisLog,
+    *,
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES,
+    progress: bool = True,
+) -> dict[str, Hypothesis]:
+    """Transcribe what the log does not hold yet; returns every utterance's hypothesis."""
+    done = log.load()
+    todo = [utterance for utterance in utterances if utterance.id not in done]
+    if done:
+        logger.info(
+            "resuming: %d of %d utterances already transcribed", len(utterances) - len(todo), len(utterances)
+        )
+    for utterance in tqdm(todo, desc=f"eval {transcriber.manifest.id}", unit="utt", disable=not progress):
+        audio = utterance.load_audio()
+        started = time.perf_counter()
+        result = transcriber.transcribe(audio, evaluation_options(utterance.language, temperatures))
+        elapsed = time.perf_counter() - started
+        record = Hypothesis(
+            id=utterance.id,
+            language=utterance.language,
+            reference=utterance.text,
+            hypothesis=result.text,
+            audio_seconds=utterance.duration,
+            compute_seconds=round(elapsed, 4),
+        )
+        log.append(record)
+        done[utterance.id] = record
+    return {utterance.id: done[utterance.id] for utterance in utterances}
+
+
+def score_hypotheses(hypotheses: Sequence[Hypothesis]) -> list[UtteranceScore]:
+    scores = []
+    for record in hypotheses:
+        score = score_utterance(record.id, record.language, record.reference, record.hypothesis)
+        if score is not None:
+            scores.append(score)
+    return scores
+
+
+def build_report(
+    hypotheses: Sequence[Hypothesis], corpus: Corpus, split: str, *, resamples: int = 1000
+) -> EvalReport:
+    scores = score_hypotheses(hypotheses)
+    seconds: dict[str, float] = {}
+    for record in hypotheses:
+        seconds[record.language] = seconds.get(record.language, 0.0) + record.audio_seconds
+    languages = {}
+    for language, summary in summarize(scores).items():
+        mine = [score for score in scores if score.language == language]
+        languages[language] = LanguageScore(
+            utterances=summary.utterances,
+            audio_seconds=round(seconds.get(language, 0.0), 3),
+            cer=summary.cer,
+            wer=summary.wer,
+            cer_raw=summary.cer_raw,
+            wer_raw=summary.wer_raw,
+            char_edits=summary.chars.edits,
+            ref_chars=summary.chars.reference_length,
+            word_edits=summary.words.edits,
+            ref_words=summary.words.reference_length,
+            cer_ci95=bootstrap_ci(mine, metric="cer", resamples=resamples),
+        )
+    return EvalReport(corpus_id=corpus.id, corpus_sha256=corpus.sha256, split=split, languages=languages)
+
+
+def evaluate_variant(
+    store: ModelStore, variant_id: str, job: EvalJob, runtime: RuntimeSettings, *, progress: bool = True
+) -> EvalReport:
+    """Evaluate, write the report into the variant's manifest, and return it."""
+    manifest = store.verify(variant_id)
+    utterances = job.corpus.utterances(job.split, job.languages)
+    utterances = [utterance for utterance in utterances if manifest.covers(utterance.language)]
+    if not utterances:
+        raise ValueError(
+            f"no {job.split} utterances in {job.corpus.id} for the languages {variant_id} covers"
+        )
+    log = HypothesisLog(job.hypotheses_root, manifest, job.corpus.sha256, job.split)
+    transcriber = open_variant(store, variant_id, runtime, verify=False)
+    try:
+        hypotheses = transcribe_split(
+            transcriber, utterances, log, temperatures=job.temperatures, progress=progress
+        )
+    finally:
+        transcriber.close()
+    report = build_report(list(hypotheses.values()), job.corpus, job.split, resamples=job.bootstrap_resamples)
+    store.update(variant_id, eval=report)
+    return report
+
+
+@dataclass(frozen=True)
+class LanguageComparison:
+    language: str
+    utterances: int
+    cer_a: float
+    cer_b: float
+    difference: PairedDifference
+
+
+def compare_variants(
+    store: ModelStore, variant_a: str, variant_b: str, job: EvalJob
+) -> list[LanguageComparison]:
+    """Per-language CER of B minus A on the utterances both transcribed, with paired bootstrap intervals."""
+    logs = [
+        HypothesisLog(job.hypotheses_root, store.get(variant), job.corpus.sha256, job.split).load()
+        for variant in (variant_a, variant_b)
+    ]
+    for variant, log in zip((variant_a, variant_b), logs, strict=True):
+        if not log:
+            raise ValueError(
+                f"{variant} has no {job.split} transcripts for {job.corpus.id}: run `hush eval {variant}`"
+            )
+    shared = sorted(set(logs[0]) & set(logs[1]))
+    comparisons = []
+    scores_a = {score.utterance_id: score for score in score_hypotheses([logs[0][key] for key in shared])}
+    scores_b = {score.utterance_id: score for score in score_hypotheses([logs[1][key] for key in shared])}
+    languages = sorted({score.language for score in scores_a.values()})
+    if job.languages:
+        languages = [language for language in languages if language in job.languages]
+    for language in languages:
+        ids = [key for key in shared if key in scores_a and scores_a[key].language == language]
+        a = [scores_a[key] for key in ids]
+        b = [scores_b[key] for key in ids]
+        summary_a, summary_b = summarize(a)[language], summarize(b)[language]
+        comparisons.append(
+            LanguageComparison(
+                language,
+                len(ids),
+                summary_a.cer,
+                summary_b.cer,
+                paired_difference_ci(a, b, metric="cer", resamples=job.bootstrap_resamples),
+            )
+        )
+    return comparisons

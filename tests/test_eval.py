@@ -1,0 +1,115 @@
+"""``hush eval`` on a tiny random model and a small hand-made corpus: a valid manifest, resumable runs,
+comparisons that pair utterances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compression.data.audio_io import to_pcm16, write_flac
+from compression.data.corpus import Corpus, Record, write_index
+from compression.evaluation.hypotheses import HypothesisLog
+from compression.evaluation.latency import measure_latency
+from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
+from model_store.settings import RuntimeSettings
+from model_store.store import ModelStore
+from tests.conftest import sine
+from tests.factories import publish_tiny_variant
+
+TEXTS = {"en": ["hello there", "good morning"], "fr": ["bonjour à tous", "merci beaucoup"]}
+
+
+def make_corpus(directory: Path) -> Corpus:
+    records = []
+    for language, texts in TEXTS.items():
+        for index, text in enumerate(texts):
+            for split in ("train", "dev", "test"):
+                identifier = f"{language}-{split}-{index}"
+                path = f"audio/{language}/{identifier}.flac"
+                (directory / path).parent.mkdir(parents=True, exist_ok=True)
+                write_flac(directory / path, to_pcm16(sine(1.0 + index, 300.0 + 50 * index)))
+                records.append(
+                    Record(identifier, path, language, text, 1.0 + index, "test", "s1", split, True, "CC0")
+                )
+    write_index(directory, "test-corpus", records, {"made": "in a test"})
+    return Corpus.open(directory)
+
+
+@pytest.fixture()
+def store_and_job(tmp_path: Path) -> tuple[ModelStore, EvalJob]:
+    store = ModelStore(tmp_path / "store")
+    publish_tiny_variant(store, "tiny-a", seed=0)
+    publish_tiny_variant(store, "tiny-b", seed=1)
+    job = EvalJob(
+        make_corpus(tmp_path / "corpus"),
+        "dev",
+        None,
+        tmp_path / "eval",
+        bootstrap_resamples=200,
+        temperatures=(0.0,),
+    )
+    return store, job
+
+
+def test_eval_writes_a_valid_manifest(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    store, job = store_and_job
+    report = evaluate_variant(store, "tiny-a", job, RuntimeSettings(device="cpu"), progress=False)
+    manifest = store.verify("tiny-a")  # the manifest was rewritten, the weights still verify
+    assert manifest.eval == report
+    assert report.corpus_id == "test-corpus" and report.corpus_sha256 == job.corpus.sha256
+    assert set(report.languages) == {"en", "fr"}
+    english = report.languages["en"]
+    assert english.utterances == 2
+    assert english.ref_chars == len("hello there") + len("good morning")
+    assert english.audio_seconds == 3.0
+    assert english.cer == english.char_edits / english.ref_chars
+    assert english.cer_ci95 is not None and english.cer_ci95[0] <= english.cer <= english.cer_ci95[1]
+    assert manifest.cer_for("fr") == report.languages["fr"].cer
+
+
+def test_eval_resumes_without_redoing_work(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    store, job = store_and_job
+    evaluate_variant(store, "tiny-a", job, RuntimeSettings(device="cpu"), progress=False)
+    log = HypothesisLog(job.hypotheses_root, store.get("tiny-a"), job.corpus.sha256, "dev")
+    lines = log.path.read_text().splitlines()
+    assert len(lines) == 4
+    # Simulate a run killed after two utterances, with a half-written third line.
+    log.path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+    first = evaluate_variant(store, "tiny-a", job, RuntimeSettings(device="cpu"), progress=False)
+    assert len(log.load()) == 4
+    assert first.languages["en"].utterances == 2
+
+
+def test_compare_pairs_the_same_utterances(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    store, job = store_and_job
+    for variant in ("tiny-a", "tiny-b"):
+        evaluate_variant(store, variant, job, RuntimeSettings(device="cpu"), progress=False)
+    rows = compare_variants(store, "tiny-a", "tiny-a", job)
+    assert [row.language for row in rows] == ["en", "fr"]
+    assert all(row.difference.estimate == 0 and row.difference.verdict == "not significant" for row in rows)
+    rows = compare_variants(store, "tiny-a", "tiny-b", job)
+    for row in rows:
+        assert row.utterances == 2
+        assert row.difference.estimate == pytest.approx(row.cer_b - row.cer_a)
+
+
+def test_compare_needs_transcripts(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    store, job = store_and_job
+    with pytest.raises(ValueError, match="hush eval tiny-a"):
+        compare_variants(store, "tiny-a", "tiny-b", job)
+
+
+def test_latency_is_measured_in_a_fresh_process(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    store, job = store_and_job
+    clips = [(utterance.audio_path, utterance.language) for utterance in job.corpus.utterances("dev")[:2]]
+    latency = measure_latency(
+        store.root, "tiny-a", clips, runs=2, runtime=RuntimeSettings(device="cpu", threads=1)
+    )
+    assert latency.ms_per_audio_second > 0
+    assert latency.real_time_factor == pytest.approx(latency.ms_per_audio_second / 1000, rel=1e-2)
+    assert latency.machine.threads == 1
+    assert latency.peak_memory_bytes > 50 * 2**20  # a process with torch loaded
+    assert latency.device == "cpu" and latency.runs == 2
+    assert np.isfinite(latency.load_seconds)
