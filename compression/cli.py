@@ -15,6 +15,7 @@ def register(cli: typer.Typer) -> None:
     """Add compression's commands to the ``hush`` command line."""
     store_group = next(group.typer_instance for group in cli.registered_groups if group.name == "store")
     store_group.command("import")(store_import)
+    store_group.command("bootstrap")(store_bootstrap)
     from compression.data.cli import data_app
     from compression.evaluation.cli import eval_command
 
@@ -41,3 +42,14 @@ def store_import(
         f"imported {manifest.id}: {manifest.parameters:,} parameters, {manifest.bytes_on_disk:,} bytes",
         err=True,
     )
+
+
+def store_bootstrap(
+    evaluate: Annotated[bool, typer.Option(help="Evaluate every variant on the dev split.")] = True,
+) -> None:
+    """Build the default store: import the bundled teachers, make their int8 variants, evaluate them."""
+    from compression.bootstrap import BootstrapPlan, bootstrap
+
+    settings = HushSettings()
+    store = bootstrap(settings, BootstrapPlan(evaluate=evaluate, log=lambda line: typer.echo(line, err=True)))
+    typer.echo(f"store ready at {store.root}: {', '.join(store.ids())}", err=True)
