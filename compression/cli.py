@@ -14,6 +14,7 @@ from model_store.store import ModelStore
 def register(cli: typer.Typer) -> None:
     """Add compression's commands to the ``hush`` command line."""
     store_group = next(group.typer_instance for group in cli.registered_groups if group.name == "store")
+    assert store_group is not None, "model_store.cli defines the store group"
     store_group.command("import")(store_import)
     store_group.command("bootstrap")(store_bootstrap)
     from compression.data.cli import data_app

@@ -52,7 +52,7 @@ class _ConcatenatedReader(io.RawIOBase):
     """Reads several files as one stream (``model.bin.part1``, ``model.bin.part2``, ...)."""
 
     def __init__(self, paths: Sequence[Path]) -> None:
-        self._handles: list[BinaryIO] = [path.open("rb") for path in paths]
+        self._handles: list[io.BufferedReader] = [path.open("rb") for path in paths]
         self._index = 0
 
     def readable(self) -> bool:
@@ -109,7 +109,7 @@ def read_ct2_model(parts: Sequence[Path]) -> Ct2Model:
     if not parts:
         raise SourceError("no model.bin given")
     with io.BufferedReader(_ConcatenatedReader(parts), buffer_size=1 << 20) as stream:
-        parser = _Parser(stream)  # type: ignore[arg-type]
+        parser = _Parser(stream)
         binary_version = parser.u32()
         if binary_version not in SUPPORTED_BINARY_VERSIONS:
             raise SourceError(

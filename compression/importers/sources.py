@@ -42,8 +42,8 @@ class ImportedWhisper:
     def save(self, directory: Path, *, dtype: torch.dtype = torch.float16) -> None:
         """Write a checkpoint that ``from_pretrained`` loads offline."""
         feature_extractor = WhisperFeatureExtractor(feature_size=self.model.config.num_mel_bins)
-        self.model.to(dtype).save_pretrained(directory)
-        self.model.to(torch.float32)
+        self.model.to(dtype).save_pretrained(directory)  # type: ignore[arg-type]
+        self.model.to(torch.float32)  # type: ignore[arg-type]
         WhisperProcessor(feature_extractor=feature_extractor, tokenizer=self.tokenizer).save_pretrained(
             directory
         )

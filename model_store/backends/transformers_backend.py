@@ -128,7 +128,7 @@ def load_whisper(
     model = WhisperForConditionalGeneration.from_pretrained(
         directory, torch_dtype=dtype, local_files_only=True
     )
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorator hides .to's signature
 
 
 class TransformersTranscriber:
