@@ -17,7 +17,7 @@ from model_store.errors import HushError
 from model_store.opener import open_variant
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
-from model_store.transcription import TranscribeOptions
+from model_store.transcription import DEFAULT_TEMPERATURES, TranscribeOptions
 
 logger = logging.getLogger("hush")
 
@@ -107,6 +107,10 @@ def transcribe(
     ] = None,
     task: Annotated[str, typer.Option(help="transcribe or translate (to English).")] = "transcribe",
     segments: Annotated[bool, typer.Option("--segments", help="Print timed segments to stderr.")] = False,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="Decode at this temperature only; default: 0 with Whisper's fallback."),
+    ] = None,
 ) -> None:
     """Transcribe FILE: the transcript goes to stdout, everything else to stderr."""
     hush_settings = settings()
@@ -118,7 +122,9 @@ def transcribe(
     )
     if task not in ("transcribe", "translate"):
         raise typer.BadParameter("task must be 'transcribe' or 'translate'")
-    result = transcriber.transcribe(audio, TranscribeOptions(language=language, task=task))  # type: ignore[arg-type]
+    temperatures = DEFAULT_TEMPERATURES if temperature is None else (temperature,)
+    options = TranscribeOptions(language=language, task=task, temperatures=temperatures)  # type: ignore[arg-type]
+    result = transcriber.transcribe(audio, options)
     if segments:
         for segment in result.segments:
             typer.echo(f"[{segment.start:7.2f} -> {segment.end:7.2f}] {segment.text.strip()}", err=True)

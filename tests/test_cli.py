@@ -1,0 +1,66 @@
+"""The `hush` command line, run as a user runs it: transcript on stdout, the rest on stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from model_store.store import ModelStore
+from tests.conftest import DATA
+
+
+def hush(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "HUSH_STORE__ROOT": str(store), "HUSH_HOME": str(store.parent / "home")}
+    return subprocess.run(
+        [sys.executable, "-m", "model_store.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+
+
+def test_store_commands_and_transcribe(tiny_store: ModelStore) -> None:
+    listing = hush("store", "ls", store=tiny_store.root)
+    assert listing.returncode == 0, listing.stderr
+    assert "tiny-random" in listing.stdout and "tiny" in listing.stdout
+
+    shown = hush("store", "show", "tiny-random", store=tiny_store.root)
+    assert '"id": "tiny-random"' in shown.stdout
+
+    verified = hush("store", "verify", "tiny-random", store=tiny_store.root)
+    assert verified.returncode == 0 and "match their SHA-256" in verified.stderr
+
+    result = hush(
+        "transcribe",
+        str(DATA / "jfk.wav"),
+        "--model",
+        "tiny-random",
+        "--language",
+        "en",
+        "--temperature",
+        "0",
+        store=tiny_store.root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tiny-random: language en" in result.stderr
+    assert "language en" not in result.stdout  # only the transcript goes to stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    empty = hush("transcribe", str(DATA / "jfk.wav"), store=tmp_path / "store")
+    assert empty.returncode == 2
+    assert "store" in empty.stderr and "empty" in empty.stderr and "Traceback" not in empty.stderr
+    missing = hush("store", "show", "nope", store=tmp_path / "store")
+    assert missing.returncode == 2 and "no variant 'nope'" in missing.stderr
+
+
+def test_bad_audio_is_a_clear_error(tiny_store: ModelStore, tmp_path: Path) -> None:
+    bogus = tmp_path / "not-audio.wav"
+    bogus.write_text("this is text, not audio")
+    result = hush("transcribe", str(bogus), "--model", "tiny-random", store=tiny_store.root)
+    assert result.returncode == 2
+    assert "audio" in result.stderr and "Traceback" not in result.stderr
