@@ -22,6 +22,7 @@ from model_store.transcription import (
     TIME_PRECISION,
     Segment,
     TranscribeOptions,
+    Word,
 )
 from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
 
@@ -84,6 +85,18 @@ class WindowDecoder(Protocol):
 
     def text_tokens(self, text: str) -> list[int]:
         """Tokens of plain text (for prompts)."""
+        ...
+
+    def words(
+        self,
+        encoded: Any,
+        prompt: list[int],
+        text_tokens: list[int],
+        language: str,
+        time_offset: float,
+        frames: int,
+    ) -> list[Word]:
+        """Timed words of a window's text tokens (``prompt`` ends with <|notimestamps|>)."""
         ...
 
 
@@ -152,12 +165,46 @@ def _segments_of_window(
     return [(time_offset, time_offset + duration, sampled)], window_frames
 
 
+def _words_per_piece(
+    decoder: WindowDecoder,
+    encoded: Any,
+    sot_sequence: list[int],
+    pieces: list[tuple[float, float, list[int]]],
+    language: str,
+    time_offset: float,
+    window_frames: int,
+) -> list[tuple[Word, ...]]:
+    """Align the window's text once, then hand each piece the words of its own tokens."""
+    eot = decoder.tokens.eot
+    texts = [[token for token in piece if token < eot] for _, _, piece in pieces]
+    words = decoder.words(
+        encoded,
+        [*sot_sequence, decoder.tokens.no_timestamps],
+        [token for text in texts for token in text],
+        language,
+        time_offset,
+        window_frames,
+    )
+    result: list[tuple[Word, ...]] = []
+    consumed = 0
+    for text in texts:
+        budget = len(decoder.text(text))
+        mine: list[Word] = []
+        while consumed < len(words) and (budget > 0 or not mine) and len(mine) < len(text):
+            mine.append(words[consumed])
+            budget -= len(words[consumed].word)
+            consumed += 1
+        result.append(tuple(mine))
+    return result
+
+
 def transcribe_mel(
     decoder: WindowDecoder,
     mel: torch.Tensor,
     content_frames: int,
     language_token: int | None,
     options: TranscribeOptions,
+    language: str = "en",
 ) -> list[Segment]:
     """Segments of the audio whose features are ``mel`` (content followed by 30 s of padding)."""
     special = decoder.tokens
@@ -190,7 +237,12 @@ def transcribe_mel(
             continue
 
         pieces, advance = _segments_of_window(output, special, time_offset, window_frames)
-        for start, end, piece in pieces:
+        piece_words = (
+            _words_per_piece(decoder, encoded, task_prompt, pieces, language, time_offset, window_frames)
+            if options.word_timestamps and not options.without_timestamps
+            else [None] * len(pieces)
+        )
+        for (start, end, piece), words in zip(pieces, piece_words, strict=True):
             text = decoder.text(piece)
             if start == end or not text.strip():
                 continue
@@ -205,6 +257,7 @@ def transcribe_mel(
                     compression_ratio=output.compression_ratio,
                     no_speech_prob=output.no_speech_prob,
                     temperature=output.temperature,
+                    words=words,
                 )
             )
         history.extend(output.tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from model_store.features import log_mel_spectrogram, window
 from model_store.logit_rules import LogitRules
 from model_store.longform import transcribe_mel
 from model_store.manifest import Manifest
-from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
+from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription, Word
 from model_store.whisper_tokens import SpecialTokens, special_tokens
+from model_store.word_timing import align_words
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ class TransformersWindowDecoder:
             for flag in (True, False)
         }
         self._generator = torch.Generator().manual_seed(seed)
+        heads = getattr(generation, "alignment_heads", None) or []
+        last = model.config.decoder_layers - 1
+        self._alignment_heads: list[tuple[int, int]] = [(int(layer), int(head)) for layer, head in heads] or [
+            (last, head) for head in range(model.config.decoder_attention_heads)
+        ]
 
     @torch.inference_mode()
     def encode(self, features: torch.Tensor) -> torch.Tensor:
@@ -103,6 +110,70 @@ class TransformersWindowDecoder:
 
     def text_tokens(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @torch.inference_mode()
+    def words(
+        self,
+        encoded: Any,
+        prompt: list[int],
+        text_tokens: list[int],
+        language: str,
+        time_offset: float,
+        frames: int,
+    ) -> list[Word]:
+        if not text_tokens:
+            return []
+        ids = [*prompt, *text_tokens, self.tokens.eot]
+        attention, logits = self._alignment_attention(encoded, ids)
+        rows = slice(len(prompt) - 1, len(ids) - 1)  # positions that predict each text token and the end
+        probabilities = torch.softmax(logits[0, rows].float(), dim=-1)
+        token_probabilities = [float(probabilities[index, token]) for index, token in enumerate(text_tokens)]
+        return align_words(
+            attention[:, rows].double().cpu().numpy(),
+            text_tokens,
+            token_probabilities,
+            self.text,
+            language,
+            time_offset,
+            frames,
+        )
+
+    def _alignment_attention(
+        self, encoded: torch.Tensor, ids: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention weights of the alignment heads, (heads, len(ids), positions), and the logits.
+
+        Queries are captured by hooks on the alignment layers (only in this thread, so concurrent requests
+        on the same model are unaffected) and the keys recomputed from the encoder output.
+        """
+        layers = self.model.model.decoder.layers
+        captured: dict[int, torch.Tensor] = {}
+        caller = threading.get_ident()
+        handles = []
+        for layer in {layer for layer, _ in self._alignment_heads}:
+
+            def keep(_module: Any, _inputs: Any, output: torch.Tensor, layer: int = layer) -> None:
+                if threading.get_ident() == caller:
+                    captured[layer] = output
+
+            handles.append(layers[layer].encoder_attn.q_proj.register_forward_hook(keep))
+        try:
+            logits = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+                decoder_input_ids=torch.tensor([ids], device=self.device),
+                use_cache=False,
+            ).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+        heads = []
+        for layer, head in self._alignment_heads:
+            attention = layers[layer].encoder_attn
+            head_dim = attention.head_dim
+            query = captured[layer][0, :, head * head_dim : (head + 1) * head_dim].float()
+            key = attention.k_proj(encoded)[0, :, head * head_dim : (head + 1) * head_dim].float()
+            heads.append(torch.softmax(query @ key.T * head_dim**-0.5, dim=-1))
+        return torch.stack(heads), logits
 
     @torch.inference_mode()
     def language_probabilities(self, encoded: torch.Tensor) -> dict[str, float]:
@@ -171,7 +242,7 @@ class TransformersTranscriber:
         language_token = (
             self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
         )
-        segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options)
+        segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options, language)
         return Transcription(
             text="".join(segment.text for segment in segments).strip(),
             segments=tuple(segments),
