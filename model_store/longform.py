@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +59,16 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+LOOP_CHECK_FROM = 48  # tokens before a window is checked for a hallucination loop
+LOOP_CHECK_EVERY = 16
+
+
+def is_looping(sampled: list[int], text: Callable[[list[int]], str], limit: float) -> bool:
+    """Whether a window being decoded has turned into a repetition loop (its text compresses beyond ``limit``)."""
+    count = len(sampled)
+    return count >= LOOP_CHECK_FROM and count % LOOP_CHECK_EVERY == 0 and compression_ratio(text(sampled)) > limit
+
+
 class WindowDecoder(Protocol):
     """What a backend provides to transcribe one 30 s window."""
 
@@ -75,8 +86,13 @@ class WindowDecoder(Protocol):
         temperature: float,
         max_new_tokens: int,
         with_timestamps: bool,
+        repetition_limit: float | None = None,
     ) -> tuple[list[int], float, float]:
-        """Sampled tokens (without end-of-text), their summed log-probability, no-speech probability."""
+        """Sampled tokens (without end-of-text), their summed log-probability, no-speech probability.
+
+        With ``repetition_limit``, a backend may stop early once the text's compression ratio exceeds it
+        (a hallucination loop, which the fallback would reject anyway).
+        """
         ...
 
     def text(self, tokens: list[int]) -> str:
@@ -125,6 +141,7 @@ def _decode_with_fallback(
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             with_timestamps=not options.without_timestamps,
+            repetition_limit=options.compression_ratio_threshold,
         )
         output = WindowOutput(tokens, sum_logprob, no_speech_prob, temperature, decoder.text(tokens))
         if not _needs_fallback(output, options):

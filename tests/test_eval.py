@@ -72,7 +72,7 @@ def test_eval_writes_a_valid_manifest(store_and_job: tuple[ModelStore, EvalJob])
 def test_eval_resumes_without_redoing_work(store_and_job: tuple[ModelStore, EvalJob]) -> None:
     store, job = store_and_job
     evaluate_variant(store, "tiny-a", job, RuntimeSettings(device="cpu"), progress=False)
-    log = HypothesisLog(job.hypotheses_root, store.get("tiny-a"), job.corpus.sha256, "dev")
+    log = HypothesisLog(job.hypotheses_root, store.get("tiny-a"), job.corpus.sha256, "dev", job.temperatures)
     lines = log.path.read_text().splitlines()
     assert len(lines) == 4
     # Simulate a run killed after two utterances, with a half-written third line.

@@ -92,6 +92,7 @@ class ScriptedDecoder:
         temperature: float,
         max_new_tokens: int,
         with_timestamps: bool,
+        repetition_limit: float | None = None,
     ) -> tuple[list[int], float, float]:
         attempts = self.scripts[encoded]
         attempt = min(len(self.calls_for(encoded)), len(attempts) - 1)
@@ -162,3 +163,15 @@ def test_real_chunked_decoding_on_tiny_model(tiny_store: ModelStore) -> None:
     assert starts == sorted(starts)
     assert all(0.0 <= s.start <= s.end <= 75.0 + 30.0 for s in result.segments)
     assert log_mel_spectrogram(audio).shape[-1] == 7500 + CHUNK_FRAMES
+
+
+def test_loop_detection_only_fires_on_repetition() -> None:
+    from model_store.longform import is_looping
+
+    def text(tokens: list[int]) -> str:
+        return "".join(f" {token % 7}" if token < 1000 else " la" for token in tokens)
+
+    assert is_looping([1000] * 48, text, 2.4)
+    assert not is_looping([1000] * 47, text, 2.4)  # too early to judge
+    varied = list(range(1, 49))
+    assert not is_looping([token * 7919 % 997 for token in varied], lambda t: " ".join(map(str, t)), 2.4)

@@ -1,7 +1,7 @@
 """The transcripts an evaluation produced, appended line by line so a killed run resumes.
 
-One JSONL file per (variant weights, corpus, split): a variant re-published with other weights, or a
-rebuilt corpus, starts afresh instead of mixing results.
+One JSONL file per (variant weights, corpus, split, decoding): a variant re-published with other weights,
+a rebuilt corpus or another decoding starts afresh instead of mixing results.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ def weights_digest(manifest: Manifest) -> str:
 class HypothesisLog:
     """Append-only record of one evaluation's transcripts."""
 
-    def __init__(self, root: Path, manifest: Manifest, corpus_sha256: str, split: str) -> None:
-        self.path = root / manifest.id / f"{corpus_sha256[:16]}-{split}-{weights_digest(manifest)}.jsonl"
+    def __init__(
+        self, root: Path, manifest: Manifest, corpus_sha256: str, split: str, temperatures: tuple[float, ...]
+    ) -> None:
+        decoding = "t" + "_".join(f"{temperature:g}" for temperature in temperatures)
+        self.path = (
+            root / manifest.id / f"{corpus_sha256[:16]}-{split}-{decoding}-{weights_digest(manifest)}.jsonl"
+        )
 
     def load(self) -> dict[str, Hypothesis]:
         if not self.path.is_file():

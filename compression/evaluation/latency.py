@@ -1,7 +1,8 @@
 """Latency of a variant on this machine, measured in a fresh process so its peak memory is its own.
 
-Warm-up once over the clips, then ``runs`` timed passes; the figure kept is the median over passes of
-milliseconds of compute per second of audio, with the thread count fixed and recorded.
+Warm-up once over the clips, then ``runs`` timed passes with the evaluation's decoding; the figure kept
+is the median over passes of milliseconds of compute per second of audio, with the thread count fixed
+and recorded.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any
 
 import torch
 
+from compression.evaluation.runner import evaluation_options
 from model_store.audio import decode_audio
 from model_store.manifest import Latency, MachineInfo
 from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
-from model_store.transcription import SAMPLE_RATE, TranscribeOptions
+from model_store.transcription import SAMPLE_RATE
 
 
 def _cpu_name() -> str:
@@ -65,9 +67,7 @@ def run_measurement(
     def one_pass() -> float:
         begin = time.perf_counter()
         for audio, language in audios:
-            transcriber.transcribe(
-                audio, TranscribeOptions(language=language, condition_on_previous_text=False)
-            )
+            transcriber.transcribe(audio, evaluation_options(language))
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - begin

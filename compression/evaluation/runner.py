@@ -24,9 +24,13 @@ from model_store.manifest import EvalReport, LanguageScore
 from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
-from model_store.transcription import DEFAULT_TEMPERATURES, TranscribeOptions, Transcriber
+from model_store.transcription import TranscribeOptions, Transcriber
 
 logger = logging.getLogger(__name__)
+
+# Greedy decoding without temperature fallback: deterministic, and what the compression papers report.
+# Sampling fallbacks on languages a small model barely knows cost minutes of hallucinated tokens.
+EVAL_TEMPERATURES = (0.0,)
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,13 @@ class EvalJob:
     languages: Sequence[str] | None
     hypotheses_root: Path
     bootstrap_resamples: int = 1000
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    temperatures: tuple[float, ...] = EVAL_TEMPERATURES
 
 
 def evaluation_options(
-    language: str, temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    language: str, temperatures: tuple[float, ...] = EVAL_TEMPERATURES
 ) -> TranscribeOptions:
-    """Decoding used for every evaluation: the reference language given, Whisper's default fallback."""
+    """Decoding used for every evaluation: the reference language given, greedy (deterministic)."""
     return TranscribeOptions(language=language, condition_on_previous_text=False, temperatures=temperatures)
 
 
@@ -53,7 +57,7 @@ def transcribe_split(
     utterances: Sequence[Utterance],
     log: HypothesisLog,
     *,
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES,
+    temperatures: tuple[float, ...] = EVAL_TEMPERATURES,
     progress: bool = True,
 ) -> dict[str, Hypothesis]:
     """Transcribe what the log does not hold yet; returns every utterance's hypothesis."""
@@ -127,7 +131,7 @@ def evaluate_variant(
         raise ValueError(
             f"no {job.split} utterances in {job.corpus.id} for the languages {variant_id} covers"
         )
-    log = HypothesisLog(job.hypotheses_root, manifest, job.corpus.sha256, job.split)
+    log = HypothesisLog(job.hypotheses_root, manifest, job.corpus.sha256, job.split, job.temperatures)
     transcriber = open_variant(store, variant_id, runtime, verify=False)
     try:
         hypotheses = transcribe_split(
@@ -154,7 +158,9 @@ def compare_variants(
 ) -> list[LanguageComparison]:
     """Per-language CER of B minus A on the utterances both transcribed, with paired bootstrap intervals."""
     logs = [
-        HypothesisLog(job.hypotheses_root, store.get(variant), job.corpus.sha256, job.split).load()
+        HypothesisLog(
+            job.hypotheses_root, store.get(variant), job.corpus.sha256, job.split, job.temperatures
+        ).load()
         for variant in (variant_a, variant_b)
     ]
     for variant, log in zip((variant_a, variant_b), logs, strict=True):
