@@ -1,0 +1,45 @@
+"""``hush serve``: the server's command, plugged into the ``hush`` command line (``hush.commands``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on (default: HUSH_SERVER__HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: HUSH_SERVER__PORT).")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API on the model store (HUSH_STORE__ROOT)."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import ServerSettings
+
+    settings = ServerSettings()
+    overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    if settings.server.host not in _LOOPBACK and not settings.server.api_keys:
+        logger.warning(
+            "listening on %s without API keys: anyone who can reach it can use it", settings.server.host
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # keep the logging the hush command set up
+    )
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the server's commands to the ``hush`` command line."""
+    cli.command("serve")(serve)

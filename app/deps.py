@@ -1,0 +1,60 @@
+"""Dependencies of the request handlers, as ``Annotated`` aliases (override them in tests)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.latency import LatencyTracker
+from app.pool import VariantPool
+from app.request_context import TRACE_STATE_KEY
+from app.service import RequestTrace, TranscriptionService
+from app.settings import ServerSettings
+from app.state import AppState, Readiness
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.hush
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> ServerSettings:
+    return state.settings
+
+
+def get_pool(state: StateDep) -> VariantPool:
+    return state.pool
+
+
+def get_service(state: StateDep) -> TranscriptionService:
+    return state.service
+
+
+def get_latency(state: StateDep) -> LatencyTracker:
+    return state.latency
+
+
+def get_readiness(state: StateDep) -> Readiness:
+    return state.readiness
+
+
+def get_trace(request: Request) -> RequestTrace:
+    """The request's trace, set by the request-context middleware."""
+    trace = getattr(request.state, TRACE_STATE_KEY, None)
+    if not isinstance(trace, RequestTrace):
+        trace = RequestTrace(uuid.uuid4().hex)
+        setattr(request.state, TRACE_STATE_KEY, trace)
+    return trace
+
+
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+PoolDep = Annotated[VariantPool, Depends(get_pool)]
+ServiceDep = Annotated[TranscriptionService, Depends(get_service)]
+LatencyDep = Annotated[LatencyTracker, Depends(get_latency)]
+ReadinessDep = Annotated[Readiness, Depends(get_readiness)]
+TraceDep = Annotated[RequestTrace, Depends(get_trace)]

@@ -1,0 +1,82 @@
+"""``GET /v1/models`` and ``/v1/models/{id}``: OpenAI's listing, extended with each variant's manifest."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from app.deps import LatencyDep, PoolDep
+from app.pool import VariantPool
+from app.security import require_api_key
+from model_store.manifest import Manifest, SizeTier
+from model_store.opener import runnable_here
+
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+class ModelPublic(BaseModel):
+    """A variant as OpenAI's model object, with hush's figures."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the variant was published.")
+    owned_by: str = "hush"
+    parent: str | None
+    recipe: str
+    backend: str
+    device: str
+    dtype: str
+    parameters: int
+    bytes: int = Field(description="Bytes on disk.")
+    tier: SizeTier
+    multilingual: bool
+    languages: list[str] = Field(description="Languages it is meant for; ['*'] for all it knows.")
+    cer: dict[str, float] = Field(description="Evaluated character error rate per language.")
+    ms_per_audio_second: float | None = Field(description="Measured compute per audio second (manifest).")
+    observed_ms_per_audio_second: float | None = Field(
+        description="The server's moving estimate, queueing included."
+    )
+    loaded: bool
+    runnable: bool = Field(description="Whether it can run on this server (a CUDA variant needs a GPU).")
+
+
+class ModelListPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]
+
+
+def model_public(manifest: Manifest, pool: VariantPool, observed: dict[str, float]) -> ModelPublic:
+    scores = manifest.eval.languages if manifest.eval is not None else {}
+    return ModelPublic(
+        id=manifest.id,
+        created=int(manifest.created_at.timestamp()),
+        parent=manifest.parent,
+        recipe=manifest.recipe.method,
+        backend=manifest.backend,
+        device=manifest.device,
+        dtype=manifest.dtype,
+        parameters=manifest.parameters,
+        bytes=manifest.bytes_on_disk,
+        tier=manifest.size_tier,
+        multilingual=manifest.multilingual,
+        languages=list(manifest.languages),
+        cer={language: score.cer for language, score in scores.items()},
+        ms_per_audio_second=manifest.latency.ms_per_audio_second if manifest.latency else None,
+        observed_ms_per_audio_second=observed.get(manifest.id),
+        loaded=pool.is_loaded(manifest.id),
+        runnable=runnable_here(manifest, pool.runtime),
+    )
+
+
+@router.get("", summary="List the variants")
+def list_models(pool: PoolDep, latency: LatencyDep) -> ModelListPublic:
+    observed = latency.estimates()
+    manifests = sorted(pool.manifests(), key=lambda manifest: manifest.id)
+    return ModelListPublic(data=[model_public(manifest, pool, observed) for manifest in manifests])
+
+
+@router.get("/{model_id}", summary="One variant")
+def retrieve_model(model_id: str, pool: PoolDep, latency: LatencyDep) -> ModelPublic:
+    return model_public(pool.manifest(model_id), pool, latency.estimates())

@@ -1,0 +1,187 @@
+"""One request from uploaded bytes to a served transcript: decode, detect the language, route, run, learn.
+
+This is where later stages plug in (an A/B assignment before routing, shadow scoring after serving):
+the HTTP layer only parses the form and renders the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+
+from app.inference import InferenceQueue
+from app.language import LanguageDetector, LanguageGuess
+from app.latency import LatencyTracker
+from app.metrics import HushMetrics
+from app.pool import VariantLease, VariantPool
+from app.routing import RouteDecision, RouteRequest, RoutingPolicy
+from app.settings import AUTO_MODEL, ServerOptions
+from model_store.audio import decode_audio
+from model_store.errors import CorruptVariantError, VariantNotFoundError
+from model_store.manifest import SizeTier
+from model_store.transcription import SAMPLE_RATE, Audio, Task, TranscribeOptions, Transcription
+
+logger = logging.getLogger(__name__)
+
+WHISPER_1 = "whisper-1"  # OpenAI's model name: an alias of the server's default model
+ENGLISH = "en"
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """A transcription or translation asked for, its parameters already checked."""
+
+    audio: bytes
+    model: str | None = None  # None, "auto", "whisper-1" or a variant id
+    language: str | None = None  # an ISO 639-1 code; None detects it
+    task: Task = "transcribe"
+    tier: SizeTier | None = None
+    prompt: str | None = None
+    temperature: float = 0.0  # 0: the whole fallback schedule; > 0: the schedule from there
+    word_timestamps: bool = False
+
+
+@dataclass
+class RequestTrace:
+    """What the response headers report about a request; filled in as the request goes."""
+
+    request_id: str
+    variant: str | None = None
+    route_reason: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds (Server-Timing)
+
+
+@dataclass(frozen=True)
+class ServedTranscription:
+    """A transcript with how it was produced."""
+
+    transcription: Transcription
+    decision: RouteDecision
+    language_guess: LanguageGuess | None
+    queued_seconds: float
+    inference_seconds: float
+
+
+class TranscriptionService:
+    """Serves transcription requests with the pool, the router and the inference queue."""
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        *,
+        pool: VariantPool,
+        queue: InferenceQueue,
+        policy: RoutingPolicy,
+        latency: LatencyTracker,
+        detector: LanguageDetector,
+        metrics: HushMetrics | None = None,
+    ) -> None:
+        self.options = options
+        self.pool = pool
+        self.queue = queue
+        self.policy = policy
+        self.latency = latency
+        self.detector = detector
+        self.metrics = metrics
+
+    def pinned_model(self, model: str | None) -> str | None:
+        """The variant a request pins, or None to route; raises VariantNotFoundError for unknown ids."""
+        name = (model or "").strip() or WHISPER_1
+        if name == WHISPER_1:
+            name = self.options.default_model
+        if name == AUTO_MODEL:
+            return None
+        self.pool.manifest(name)
+        return name
+
+    def temperatures(self, temperature: float) -> tuple[float, ...]:
+        """Whisper's fallback schedule, starting at the request's temperature when it is above 0."""
+        schedule = self.options.temperatures
+        if temperature <= 0:
+            return schedule
+        return (temperature, *(step for step in schedule if step > temperature))
+
+    async def transcribe(self, request: TranscriptionRequest, trace: RequestTrace) -> ServedTranscription:
+        pinned = self.pinned_model(request.model)
+        started = time.perf_counter()
+        audio = await anyio.to_thread.run_sync(self._decode, request.audio)
+        trace.timings_ms["decode"] = (time.perf_counter() - started) * 1000
+        guess: LanguageGuess | None = None
+        language = request.language
+        if language is None and pinned is not None and not self.pool.manifest(pinned).multilingual:
+            language = ENGLISH  # an English-only model was asked for: nothing to detect
+        if language is None:
+            started = time.perf_counter()
+            guess = await self.detector.detect(audio)
+            trace.timings_ms["detect"] = (time.perf_counter() - started) * 1000
+            language = guess.language
+        route = RouteRequest(language, len(audio) / SAMPLE_RATE, request.task, request.tier, pinned)
+        options = TranscribeOptions(
+            language=language,
+            task=request.task,
+            temperatures=self.temperatures(request.temperature),
+            initial_prompt=request.prompt or None,
+            word_timestamps=request.word_timestamps,
+        )
+        decision = self._route(route, guess, trace)
+        try:
+            served = await self._run(decision, audio, options, guess)
+        except (VariantNotFoundError, CorruptVariantError, FileNotFoundError):
+            # Removed from the store between routing and loading: route again, once, unless pinned.
+            if pinned is not None or not await self._left_store(decision.variant_id):
+                raise
+            logger.warning(
+                "request %s: %s left the store; routing again", trace.request_id, decision.variant_id
+            )
+            decision = self._route(route, guess, trace)
+            served = await self._run(decision, audio, options, guess)
+        trace.timings_ms["queue"] = served.queued_seconds * 1000
+        trace.timings_ms["inference"] = served.inference_seconds * 1000
+        return served
+
+    def _decode(self, data: bytes) -> Audio:
+        return decode_audio(data, max_seconds=self.options.max_audio_seconds)
+
+    def _route(self, route: RouteRequest, guess: LanguageGuess | None, trace: RequestTrace) -> RouteDecision:
+        decision = self.policy.choose(self.pool.manifests(), route, self.latency.estimates())
+        explanation = decision.explanation if guess is None else f"{guess.describe()}; {decision.explanation}"
+        trace.variant, trace.route_reason = decision.variant_id, explanation
+        if self.metrics is not None:
+            self.metrics.router_decisions.labels(
+                variant=decision.variant_id, reason=decision.reason.value
+            ).inc()
+        logger.info("request %s -> %s: %s", trace.request_id, decision.variant_id, explanation)
+        return decision
+
+    async def _run(
+        self, decision: RouteDecision, audio: Audio, options: TranscribeOptions, guess: LanguageGuess | None
+    ) -> ServedTranscription:
+        with self.pool.lease(decision.variant_id) as lease:
+            timed = await self.queue.run(
+                lambda: _transcribe(lease, audio, options),
+                timeout_seconds=self.options.request_timeout_seconds,
+            )
+        transcription, inference_seconds = timed.value
+        audio_seconds = len(audio) / SAMPLE_RATE
+        baseline = lease.manifest.latency.ms_per_audio_second if lease.manifest.latency else None
+        observed_ms = (timed.queued_seconds + inference_seconds) * 1000
+        self.latency.observe(decision.variant_id, observed_ms, audio_seconds, baseline)
+        if self.metrics is not None:
+            self.metrics.inference_duration.labels(variant=decision.variant_id).observe(inference_seconds)
+            self.metrics.audio_processed.labels(variant=decision.variant_id).inc(audio_seconds)
+        return ServedTranscription(transcription, decision, guess, timed.queued_seconds, inference_seconds)
+
+    async def _left_store(self, variant_id: str) -> bool:
+        await anyio.to_thread.run_sync(self.pool.sync_with_store)
+        return variant_id not in {manifest.id for manifest in self.pool.manifests()}
+
+
+def _transcribe(lease: VariantLease, audio: Audio, options: TranscribeOptions) -> tuple[Transcription, float]:
+    """Runs on a worker thread: load the variant if needed, then transcribe (timed without the load)."""
+    transcriber = lease.transcriber()
+    started = time.perf_counter()
+    transcription = transcriber.transcribe(audio, options)
+    return transcription, time.perf_counter() - started

@@ -1,0 +1,100 @@
+"""The server's settings: hush's settings plus a ``server`` section (``HUSH_SERVER__...``).
+
+One object, read once by the entry point (``hush serve`` or a test) and handed to :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from model_store.manifest import VARIANT_ID_PATTERN
+from model_store.settings import HushSettings
+from model_store.transcription import DEFAULT_TEMPERATURES
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+AUTO_MODEL = "auto"  # the model name that asks the router to choose
+
+
+class ServerOptions(BaseModel):
+    """How the HTTP server listens, what it accepts, and how it schedules inference."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 listens on every one.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer keys accepted on /v1 (a JSON list); empty leaves the API open.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (a JSON list); empty disables CORS."
+    )
+    max_upload_bytes: int = Field(
+        25 * MIB, gt=0, description="Largest request body accepted on /v1/audio (413 above it)."
+    )
+    max_audio_seconds: float = Field(
+        3600.0, gt=0, description="Longest audio accepted; decoding stops and the request gets a 400 past it."
+    )
+    workers: int = Field(
+        1, ge=1, description="Inference threads per device: requests transcribed at the same time."
+    )
+    queue_size: int = Field(
+        16, ge=0, description="Requests allowed to wait per device beyond those running; more get a 429."
+    )
+    request_timeout_seconds: float = Field(
+        600.0, gt=0, description="Longest a request waits for its transcription (queue included); 504 after."
+    )
+    memory_budget_bytes: int = Field(
+        4 * GIB,
+        gt=0,
+        description="Estimated memory for loaded variants; past it, the least recently used idle ones go.",
+    )
+    default_model: str = Field(
+        AUTO_MODEL,
+        description="What `whisper-1` (or no `model`) means: `auto` routes, a variant id pins that variant.",
+    )
+    default_variants: list[str] = Field(
+        default_factory=list,
+        description="Variants loaded at start; /readyz is 503 until they are. Empty: the variant the router "
+        "picks for English.",
+    )
+    language_detection_variant: str | None = Field(
+        None,
+        description="Variant that detects the language when none is given; unset: the smallest multilingual.",
+    )
+    quality_floor_cer: float = Field(
+        0.5, ge=0, le=1, description="Highest CER (for the request's language) a routed variant may have."
+    )
+    latency_ewma_alpha: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Weight of each new observation in a variant's moving latency (queueing included).",
+    )
+    temperatures: tuple[float, ...] = Field(
+        DEFAULT_TEMPERATURES,
+        min_length=1,
+        description="Whisper's fallback schedule; a request's `temperature` > 0 starts it there.",
+    )
+    store_poll_seconds: float = Field(
+        2.0, ge=0, description="How often the store is checked for published or removed variants; 0 disables."
+    )
+
+    @field_validator("default_model")
+    @classmethod
+    def _check_default_model(cls, value: str) -> str:
+        if value != AUTO_MODEL and not VARIANT_ID_PATTERN.match(value):
+            raise ValueError(f"default_model must be {AUTO_MODEL!r} or a variant id, got {value!r}")
+        return value
+
+    @field_validator("temperatures")
+    @classmethod
+    def _check_temperatures(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 <= t <= 1 for t in value) or list(value) != sorted(value):
+            raise ValueError(f"temperatures must rise from 0 to at most 1, got {value}")
+        return value
+
+
+class ServerSettings(HushSettings):
+    """hush's settings with the server's section (``HUSH_SERVER__PORT=8123``, ...)."""
+
+    server: ServerOptions = Field(default_factory=ServerOptions)

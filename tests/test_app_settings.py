@@ -1,0 +1,54 @@
+"""The server's settings (one object, from the environment) and the ``hush serve`` command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import typer
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from app import cli as app_cli
+from app.settings import MIB, ServerSettings
+
+
+def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = ServerSettings().server
+    assert (defaults.host, defaults.port, defaults.max_upload_bytes) == ("127.0.0.1", 8000, 25 * MIB)
+    assert defaults.api_keys == [] and defaults.default_model == "auto"
+    monkeypatch.setenv("HUSH_SERVER__PORT", "8123")
+    monkeypatch.setenv("HUSH_SERVER__API_KEYS", '["k1", "k2"]')
+    monkeypatch.setenv("HUSH_SERVER__QUALITY_FLOOR_CER", "0.25")
+    monkeypatch.setenv("HUSH_STORE__ROOT", "/srv/store")
+    settings = ServerSettings()
+    assert settings.server.port == 8123 and settings.server.quality_floor_cer == 0.25
+    assert [key.get_secret_value() for key in settings.server.api_keys] == ["k1", "k2"]
+    assert "k1" not in repr(settings)  # keys stay out of logs
+    assert str(settings.store.root) == "/srv/store"
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {"default_model": "Not An Id"},
+        {"temperatures": [0.4, 0.2]},
+        {"queue_size": -1},
+        {"latency_ewma_alpha": 0},
+    ],
+)
+def test_unsafe_values_are_refused(server: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ServerSettings(server=server)
+
+
+def test_serve_command_overrides_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: dict[str, Any] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.update(options, app=app))
+    root = typer.Typer()
+    root.command("noop")(lambda: None)  # a second command, so that typer keeps `serve` as a subcommand
+    app_cli.register(root)
+    result = CliRunner().invoke(root, ["serve", "--host", "0.0.0.0", "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert (started["host"], started["port"]) == ("0.0.0.0", 8123)
+    assert started["app"].title == "hush"
