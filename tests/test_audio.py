@@ -280,3 +280,28 @@ def test_playlists_cannot_read_other_files(tmp_path: Path) -> None:
     concat_list = f"ffconcat version 1.0\nfile {secret.name}\n".encode()
     with pytest.raises(AudioDecodeError):
         decode_audio(concat_list, container_format="concat")
+
+
+def test_pcm16_wav_at_16k_fast_path_matches_ffmpeg() -> None:
+    """16 kHz 16-bit WAV skips FFmpeg; the samples are what FFmpeg would have produced."""
+    import wave as wave_module
+
+    from model_store.audio import pcm16_wav_at_16k
+
+    rng = np.random.default_rng(1)
+    left = (rng.standard_normal(16_000) * 3000).astype("<i2")
+    right = (rng.standard_normal(16_000) * 3000).astype("<i2")
+    buffer = io.BytesIO()
+    with wave_module.open(buffer, "wb") as writer:
+        writer.setnchannels(2)
+        writer.setsampwidth(2)
+        writer.setframerate(16_000)
+        writer.writeframes(np.stack([left, right], axis=1).tobytes())
+    data = buffer.getvalue()
+    fast = pcm16_wav_at_16k(io.BytesIO(data), None)
+    assert fast is not None
+    expected = (left.astype(np.float32) + right.astype(np.float32)) / 2 / 32768.0
+    np.testing.assert_allclose(fast, expected, atol=1e-6)
+    np.testing.assert_allclose(decode_audio(data), expected, atol=1e-6)
+    with pytest.raises(AudioTooLongError):
+        decode_audio(data, max_seconds=0.5)
