@@ -93,6 +93,7 @@ def bootstrap(settings: HushSettings, plan: BootstrapPlan | None = None) -> Mode
         languages=None,
         hypotheses_root=settings.eval_dir,
         bootstrap_resamples=settings.eval.bootstrap_resamples,
+        max_per_language=settings.eval.bootstrap_per_language,
     )
     for manifest in store.list():
         if not runnable_here(manifest, settings.runtime):

@@ -50,6 +50,12 @@ class EvalSettings(BaseModel):
     bootstrap_resamples: int = Field(1000, ge=100, description="Resamples for confidence intervals.")
     latency_clips: int = Field(8, ge=1, description="Dev clips timed for the latency figure.")
     latency_runs: int = Field(3, ge=1, description="Timed runs after one warm-up; the median is kept.")
+    bootstrap_per_language: int | None = Field(
+        8,
+        ge=1,
+        description="`hush store bootstrap` evaluates the first N dev utterances per language (None: all), "
+        "so a first start takes minutes, not an hour; `hush eval` replaces it with the full split.",
+    )
 
 
 class HushSettings(BaseSettings):

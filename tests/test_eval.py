@@ -113,3 +113,16 @@ def test_latency_is_measured_in_a_fresh_process(store_and_job: tuple[ModelStore,
     assert latency.peak_memory_bytes > 50 * 2**20  # a process with torch loaded
     assert latency.device == "cpu" and latency.runs == 2
     assert np.isfinite(latency.load_seconds)
+
+
+def test_quick_slice_is_deterministic_and_labelled(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    import dataclasses
+
+    store, job = store_and_job
+    quick = dataclasses.replace(job, max_per_language=1)
+    assert quick.split_label == "dev:first1"
+    chosen = quick.select(job.corpus.utterances("dev"))
+    assert [utterance.id for utterance in chosen] == ["en-dev-0", "fr-dev-0"]
+    report = evaluate_variant(store, "tiny-a", quick, RuntimeSettings(device="cpu"), progress=False)
+    assert report.split == "dev:first1"
+    assert {score.utterances for score in report.languages.values()} == {1}

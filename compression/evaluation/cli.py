@@ -70,6 +70,9 @@ def eval_command(
     languages: Annotated[str | None, typer.Option(help="Comma-separated languages; default all.")] = None,
     corpus: Annotated[Path | None, typer.Option(help="Corpus directory; default the one built.")] = None,
     latency: Annotated[bool, typer.Option(help="Also measure latency on this machine.")] = True,
+    per_language: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N utterances per language (a quick slice).")
+    ] = None,
 ) -> None:
     """Evaluate a variant on the corpus and record CER/WER per language and latency in its manifest.
 
@@ -83,6 +86,7 @@ def eval_command(
         languages=languages.split(",") if languages else None,
         hypotheses_root=settings.eval_dir,
         bootstrap_resamples=settings.eval.bootstrap_resamples,
+        max_per_language=per_language,
     )
     if targets[0] == "compare":
         if len(targets) != 3:

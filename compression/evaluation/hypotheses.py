@@ -54,6 +54,9 @@ class HypothesisLog:
 
     def append(self, hypothesis: Hypothesis) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(asdict(hypothesis), ensure_ascii=False) + "\n")
+        with self.path.open("a+b") as stream:
+            stream.seek(0, 2)
+            if stream.tell() and (stream.seek(-1, 2), stream.read(1))[1] != b"\n":
+                stream.write(b"\n")  # close a line a killed run left half-written
+            stream.write((json.dumps(asdict(hypothesis), ensure_ascii=False) + "\n").encode("utf-8"))
             stream.flush()

@@ -43,6 +43,23 @@ class EvalJob:
     hypotheses_root: Path
     bootstrap_resamples: int = 1000
     temperatures: tuple[float, ...] = EVAL_TEMPERATURES
+    max_per_language: int | None = None  # a quick, deterministic slice: the first N utterances by id
+
+    @property
+    def split_label(self) -> str:
+        """The split as recorded in the manifest; a slice says so (``dev:first8``)."""
+        return self.split if self.max_per_language is None else f"{self.split}:first{self.max_per_language}"
+
+    def select(self, utterances: Sequence[Utterance]) -> list[Utterance]:
+        if self.max_per_language is None:
+            return list(utterances)
+        taken: dict[str, int] = {}
+        chosen = []
+        for utterance in sorted(utterances, key=lambda item: item.id):
+            if taken.get(utterance.language, 0) < self.max_per_language:
+                taken[utterance.language] = taken.get(utterance.language, 0) + 1
+                chosen.append(utterance)
+        return chosen
 
 
 def evaluation_options(
@@ -126,7 +143,7 @@ def evaluate_variant(
     """Evaluate, write the report into the variant's manifest, and return it."""
     manifest = store.verify(variant_id)
     utterances = job.corpus.utterances(job.split, job.languages)
-    utterances = [utterance for utterance in utterances if manifest.covers(utterance.language)]
+    utterances = job.select([utterance for utterance in utterances if manifest.covers(utterance.language)])
     if not utterances:
         raise ValueError(
             f"no {job.split} utterances in {job.corpus.id} for the languages {variant_id} covers"
@@ -139,7 +156,9 @@ def evaluate_variant(
         )
     finally:
         transcriber.close()
-    report = build_report(list(hypotheses.values()), job.corpus, job.split, resamples=job.bootstrap_resamples)
+    report = build_report(
+        list(hypotheses.values()), job.corpus, job.split_label, resamples=job.bootstrap_resamples
+    )
     store.update(variant_id, eval=report)
     return report
 
