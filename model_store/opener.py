@@ -24,13 +24,31 @@ Opener = Callable[[Manifest, Path, str, RuntimeSettings], Transcriber]
 def _open_transformers(
     manifest: Manifest, directory: Path, device: str, runtime: RuntimeSettings
 ) -> Transcriber:
+    from model_store.backends.quantized_loading import load_device
     from model_store.backends.transformers_backend import TransformersTranscriber
 
-    dtype = torch.float32 if device == "cpu" else _CUDA_DTYPES[runtime.cuda_dtype]
+    device = load_device(manifest, device)  # dynamic int8 runs on the CPU even where a GPU is present
+    if device == "cpu":
+        dtype = torch.float32
+    elif manifest.device == "cuda" and manifest.dtype in _CUDA_DTYPES:
+        dtype = _CUDA_DTYPES[manifest.dtype]  # a half-precision GPU variant computes in its own dtype
+    else:
+        dtype = _CUDA_DTYPES[runtime.cuda_dtype]
     return TransformersTranscriber(manifest, directory, device=device, dtype=dtype)
 
 
-OPENERS: dict[str, Opener] = {"transformers": _open_transformers}
+def _open_ctranslate2(
+    manifest: Manifest, directory: Path, device: str, runtime: RuntimeSettings
+) -> Transcriber:
+    from model_store.backends.ctranslate2_backend import CTranslate2Transcriber, compute_type_for
+
+    compute_type = compute_type_for(manifest.dtype, device, runtime.cuda_dtype)
+    return CTranslate2Transcriber(
+        manifest, directory, device=device, compute_type=compute_type, threads=runtime.threads
+    )
+
+
+OPENERS: dict[str, Opener] = {"transformers": _open_transformers, "ctranslate2": _open_ctranslate2}
 
 
 def runnable_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:

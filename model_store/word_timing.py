@@ -101,6 +101,22 @@ def align_words(
     std = weights.std(axis=-2, keepdims=True) + 1e-8
     matrix = median_filter((weights - mean) / std, MEDIAN_FILTER_WIDTH).mean(axis=0)
     token_index, time_index = dtw(-matrix)
+    return words_from_path(
+        token_index, time_index, text_tokens, token_probabilities, decode, language, time_offset
+    )
+
+
+def words_from_path(
+    token_index: npt.NDArray[np.int64],
+    time_index: npt.NDArray[np.int64],
+    text_tokens: list[int],
+    token_probabilities: list[float],
+    decode: Callable[[list[int]], str],
+    language: str,
+    time_offset: float,
+) -> list[Word]:
+    """Words of one window from a token-to-encoder-position alignment path (rows: the text tokens, then
+    the end-of-text token); a word starts where the path first reaches its first token."""
     jumps = np.pad(np.diff(token_index), (1, 0), constant_values=1).astype(bool)
     jump_times = time_index[jumps] / TOKENS_PER_SECOND
     words, groups = split_words(text_tokens, decode, language)

@@ -12,12 +12,12 @@ import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 from transformers.modeling_outputs import BaseModelOutput
 
-from model_store.errors import UnsupportedLanguageError
-from model_store.features import log_mel_spectrogram, window
+from model_store.backends.quantized_loading import load_model
+from model_store.backends.window_transcriber import WindowTranscriber
 from model_store.logit_rules import LogitRules
-from model_store.longform import transcribe_mel
+from model_store.longform import is_looping
 from model_store.manifest import Manifest
-from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription, Word
+from model_store.transcription import Word
 from model_store.whisper_tokens import SpecialTokens, special_tokens
 from model_store.word_timing import align_words
 
@@ -71,6 +71,7 @@ class TransformersWindowDecoder:
         temperature: float,
         max_new_tokens: int,
         with_timestamps: bool,
+        repetition_limit: float | None = None,
     ) -> tuple[list[int], float, float]:
         rules = self._rules[with_timestamps]
         encoder_outputs = BaseModelOutput(last_hidden_state=encoded)
@@ -102,6 +103,8 @@ class TransformersWindowDecoder:
                 break
             sum_logprob += float(log_probs[token].item())
             sampled.append(token)
+            if repetition_limit is not None and is_looping(sampled, self.text, repetition_limit):
+                break
             input_ids = torch.tensor([[token]], device=self.device)
         return sampled, sum_logprob, no_speech_prob
 
@@ -193,17 +196,14 @@ class TransformersWindowDecoder:
         return dict(sorted(zip(codes, probs, strict=True), key=lambda item: -item[1]))
 
 
-def load_whisper(
-    directory: Path, device: torch.device, dtype: torch.dtype
-) -> WhisperForConditionalGeneration:
-    model = WhisperForConditionalGeneration.from_pretrained(
-        directory, torch_dtype=dtype, local_files_only=True
-    )
-    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorator hides .to's signature
+class TransformersTranscriber(WindowTranscriber):
+    """A stored transformers checkpoint opened for transcription.
 
+    The weights are loaded as the manifest's recipe stored them (float, dynamic int8, bitsandbytes):
+    see :mod:`model_store.backends.quantized_loading`.
+    """
 
-class TransformersTranscriber:
-    """A stored transformers checkpoint opened for transcription."""
+    _decoder: TransformersWindowDecoder
 
     def __init__(
         self,
@@ -214,58 +214,16 @@ class TransformersTranscriber:
         dtype: torch.dtype | None = None,
         model: WhisperForConditionalGeneration | None = None,
     ) -> None:
-        self.manifest = manifest
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.float16)
-        self.model = model if model is not None else load_whisper(directory, self.device, self.dtype)
+        self.model = model if model is not None else load_model(manifest, directory, self.device, self.dtype)
         tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
         generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
         tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
-        self._decoder = TransformersWindowDecoder(
+        decoder = TransformersWindowDecoder(
             self.model, tokenizer, tokens, generation, self.device, self.dtype
         )
-        self.n_mels = int(self.model.config.num_mel_bins)
-
-    @property
-    def languages(self) -> list[str]:
-        return list(self._decoder.tokens.languages) or ["en"]
-
-    def detect_language(self, audio: Audio) -> dict[str, float]:
-        mel = log_mel_spectrogram(audio, self.n_mels)
-        return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
-
-    def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
-        duration = len(audio) / SAMPLE_RATE
-        mel = log_mel_spectrogram(audio, self.n_mels)
-        content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
-        language, probability, all_probabilities = self._resolve_language(options.language, mel)
-        language_token = (
-            self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
-        )
-        segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options, language)
-        return Transcription(
-            text="".join(segment.text for segment in segments).strip(),
-            segments=tuple(segments),
-            language=language,
-            language_probability=probability,
-            duration=duration,
-            variant_id=self.manifest.id,
-            all_language_probabilities=all_probabilities,
-        )
-
-    def _resolve_language(
-        self, requested: str | None, mel: torch.Tensor
-    ) -> tuple[str, float | None, dict[str, float]]:
-        known = self.languages
-        if requested is not None:
-            if requested not in known:
-                raise UnsupportedLanguageError(requested, known)
-            return requested, None, {}
-        if not self._decoder.tokens.languages:
-            return "en", None, {}
-        probabilities = self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
-        language, probability = next(iter(probabilities.items()))
-        return language, probability, probabilities
+        super().__init__(manifest, decoder, int(self.model.config.num_mel_bins))
 
     def close(self) -> None:
         del self.model

@@ -1,0 +1,160 @@
+"""The quantization methods and publishing their variants into the store.
+
+| method            | backend      | device | stored on disk                                              |
+|-------------------|--------------|--------|-------------------------------------------------------------|
+| ptq-int8          | transformers | cpu    | int8 Linear weights + per-channel scales, float16 the rest  |
+| ct2-int8          | ctranslate2  | cpu    | CTranslate2 model.bin, int8 weights (embeddings included)   |
+| ct2-int8_float16  | ctranslate2  | cuda   | CTranslate2 model.bin, int8 weights, float16 the rest       |
+| bnb-int8          | transformers | cpu    | bitsandbytes LLM.int8 rows + scales, float16 the rest       |
+| bnb-nf4           | transformers | cpu    | bitsandbytes packed NF4 blocks + absmax, float16 the rest   |
+| fp16              | transformers | cuda   | float16 checkpoint, computed in float16                     |
+| bf16              | transformers | cuda   | bfloat16 checkpoint, computed in bfloat16                   |
+
+``device: cpu`` means the variant runs anywhere (bitsandbytes 0.50 runs both of its layer types on
+the CPU); ``cuda`` means it is meant for, and only opened on, a machine with a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compression.quantize.bnb import write_bnb
+from compression.quantize.ct2_export import export_ctranslate2
+from compression.quantize.half import write_half
+from compression.quantize.parent import Parent
+from compression.quantize.torch_int8 import write_ptq_int8
+from model_store.errors import HushError
+from model_store.manifest import Backend, Device, Manifest, Recipe, size_tier_for
+from model_store.store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+Writer = Callable[[Parent, Path], dict[str, Any]]
+
+
+class UnknownMethodError(HushError, ValueError):
+    """A quantization method hush does not implement."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}")
+        self.method = method
+
+
+@dataclass(frozen=True)
+class QuantizationMethod:
+    """How one method turns a float parent into a stored variant."""
+
+    name: str
+    backend: Backend
+    device: Device  # 'cuda': needs a GPU to run
+    dtype: str  # the precision the manifest names
+    write: Writer  # fills the staging directory; returns the recipe's arguments
+    summary: str
+
+
+METHODS: dict[str, QuantizationMethod] = {
+    method.name: method
+    for method in (
+        QuantizationMethod(
+            "ptq-int8",
+            "transformers",
+            "cpu",
+            "int8",
+            write_ptq_int8,
+            "PyTorch dynamic int8 of every Linear (CPU)",
+        ),
+        QuantizationMethod(
+            "ct2-int8",
+            "ctranslate2",
+            "cpu",
+            "int8",
+            lambda parent, target: export_ctranslate2(parent, target, "int8"),
+            "CTranslate2 int8 (faster-whisper's engine)",
+        ),
+        QuantizationMethod(
+            "ct2-int8_float16",
+            "ctranslate2",
+            "cuda",
+            "int8_float16",
+            lambda parent, target: export_ctranslate2(parent, target, "int8_float16"),
+            "CTranslate2 int8 weights with float16 compute (GPU)",
+        ),
+        QuantizationMethod(
+            "bnb-int8",
+            "transformers",
+            "cpu",
+            "int8",
+            lambda parent, target: write_bnb(parent, target, "int8"),
+            "bitsandbytes LLM.int8 through transformers",
+        ),
+        QuantizationMethod(
+            "bnb-nf4",
+            "transformers",
+            "cpu",
+            "nf4",
+            lambda parent, target: write_bnb(parent, target, "nf4"),
+            "bitsandbytes 4-bit NF4 through transformers",
+        ),
+        QuantizationMethod(
+            "fp16",
+            "transformers",
+            "cuda",
+            "float16",
+            lambda parent, target: write_half(parent, target, "float16"),
+            "float16 weights and compute (GPU)",
+        ),
+        QuantizationMethod(
+            "bf16",
+            "transformers",
+            "cuda",
+            "bfloat16",
+            lambda parent, target: write_half(parent, target, "bfloat16"),
+            "bfloat16 weights and compute (GPU)",
+        ),
+    )
+}
+
+
+def method_named(name: str) -> QuantizationMethod:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(name) from None
+
+
+def variant_id_for(parent: str, method: str) -> str:
+    """The default id of ``parent`` quantized with ``method``: ``whisper-base-ptq-int8``."""
+    return f"{parent}-{method}"
+
+
+def quantize_variant(
+    store: ModelStore,
+    parent_id: str,
+    method: str,
+    variant_id: str | None = None,
+    *,
+    replace: bool = False,
+) -> Manifest:
+    """Make ``method``'s variant of ``parent_id`` and publish it; returns its manifest."""
+    spec = method_named(method)
+    parent = Parent.from_store(store, parent_id)
+    target_id = variant_id or variant_id_for(parent_id, method)
+    logger.info("quantizing %s with %s into %s", parent_id, method, target_id)
+    with store.publish(target_id, replace=replace) as staging:
+        args = spec.write(parent, staging.directory)
+        parameters = parent.manifest.parameters
+        return staging.commit(
+            parent=parent_id,
+            recipe=Recipe(method=method, args={**args, "parent_weights_sha256": parent.weights_digest()}),
+            backend=spec.backend,
+            device=spec.device,
+            dtype=spec.dtype,
+            parameters=parameters,
+            size_tier=size_tier_for(parameters),
+            multilingual=parent.manifest.multilingual,
+            languages=parent.manifest.languages,
+        )

@@ -1,0 +1,187 @@
+"""Runs a variant stored as a CTranslate2 Whisper directory (faster-whisper's engine).
+
+hush drives the engine window by window with its own long-form loop and features, as it drives the
+transformers backend; CTranslate2 does the encoding, the decoding of one window (greedy or sampled,
+with Whisper's timestamp rules, which it applies itself unless the prompt ends with
+``<|notimestamps|>``), language detection and the cross-attention alignment behind word timestamps.
+
+Semantics that differ from the transformers backend, and why they do not matter to the driver:
+
+* ``generate``'s ``max_length`` counts the prompt: the engine decodes at most
+  ``min(max_length // 2, max_length - start_step)`` tokens, ``start_step`` being the prompt tokens
+  before its last one, so :func:`max_length_for` picks the value that yields ``max_new_tokens``.
+* The engine returns the *mean* log-probability of the decoded tokens, the end-of-text token
+  included; the decoder turns it back into a sum, which then includes the end-of-text token's
+  log-probability (OpenAI Whisper counts it too; the transformers backend stops before adding it).
+* Word probabilities are softmaxed over the text vocabulary only (as faster-whisper reports them).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import ctranslate2
+import numpy as np
+import torch
+from transformers import WhisperTokenizer
+
+from model_store.backends.window_transcriber import WindowTranscriber
+from model_store.logit_rules import LogitRules
+from model_store.manifest import Manifest
+from model_store.transcription import Word
+from model_store.whisper_tokens import SpecialTokens, load_tokenizer, special_tokens
+from model_store.word_timing import MEDIAN_FILTER_WIDTH, words_from_path
+
+logger = logging.getLogger(__name__)
+
+CT2_CONFIG_FILENAME = "config.json"
+TOKENIZER_FILENAME = "tokenizer.json"
+
+
+def max_length_for(prompt_length: int, max_new_tokens: int) -> int:
+    """The ``max_length`` for which CTranslate2 decodes exactly ``max_new_tokens`` tokens at most."""
+    start_step = prompt_length - 1
+    wanted = max(1, max_new_tokens)
+    return max(2 * wanted, wanted + start_step)
+
+
+def compute_type_for(dtype: str, device: str, cuda_dtype: str = "float16") -> str:
+    """The CTranslate2 compute type of a variant stored in ``dtype`` (``int8``, ``int8_float16``, ...)."""
+    quantized = dtype.startswith("int8")
+    if device == "cuda":
+        return f"int8_{cuda_dtype}" if quantized else cuda_dtype
+    return "int8" if quantized else "float32"
+
+
+class CTranslate2WindowDecoder:
+    """One window at a time through ``ctranslate2.models.Whisper``."""
+
+    def __init__(
+        self,
+        model: ctranslate2.models.Whisper,
+        tokenizer: WhisperTokenizer,
+        tokens: SpecialTokens,
+        suppress: list[int],
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokens = tokens
+        # The same suppressed set as the transformers backend: the model's list plus the task tokens.
+        rules = LogitRules.build(tokens, suppress=suppress, begin_suppress=[], with_timestamps=False)
+        self._suppress = list(rules.suppress)
+
+    def encode(self, features: torch.Tensor) -> ctranslate2.StorageView:
+        batch = np.ascontiguousarray(features.detach().cpu().numpy()[None], dtype=np.float32)
+        return self.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
+
+    def decode(
+        self,
+        encoded: Any,
+        prompt: list[int],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
+        repetition_limit: float | None = None,
+    ) -> tuple[list[int], float, float]:
+        # ``repetition_limit`` is not applied: Whisper's generate() in CTranslate2 has no per-step hook to
+        # stop a looping window early, so a loop runs to max_length and the fallback rejects it after.
+        if with_timestamps == (prompt[-1] == self.tokens.no_timestamps):
+            raise ValueError("the prompt must end with <|notimestamps|> exactly when decoding without them")
+        result = self.model.generate(
+            encoded,
+            [prompt],
+            beam_size=1,
+            max_length=max_length_for(len(prompt), max_new_tokens),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+            sampling_topk=0 if temperature > 0 else 1,
+            sampling_temperature=temperature if temperature > 0 else 1.0,
+        )[0]
+        sampled = [int(token) for token in result.sequences_ids[0] if token != self.tokens.eot]
+        # The score is the mean log-probability over the decoded tokens, end-of-text included when it
+        # was reached (the engine counts it before stripping it): undo the mean to get the sum.
+        counted = len(sampled) + (1 if len(sampled) < max_new_tokens else 0)
+        return sampled, float(result.scores[0]) * max(1, counted), float(result.no_speech_prob)
+
+    def text(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode([token for token in tokens if token < self.tokens.eot]))
+
+    def text_tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def words(
+        self,
+        encoded: Any,
+        prompt: list[int],
+        text_tokens: list[int],
+        language: str,
+        time_offset: float,
+        frames: int,
+    ) -> list[Word]:
+        if not text_tokens:
+            return []
+        start = prompt[:-1] if prompt[-1] == self.tokens.no_timestamps else prompt  # align() appends it
+        alignment = self.model.align(
+            encoded, start, [text_tokens], frames, median_filter_width=MEDIAN_FILTER_WIDTH
+        )[0]
+        path = np.asarray(alignment.alignments, dtype=np.int64).reshape(-1, 2)
+        return words_from_path(
+            path[:, 0],
+            path[:, 1],
+            text_tokens,
+            [float(probability) for probability in alignment.text_token_probs],
+            self.text,
+            language,
+            time_offset,
+        )
+
+    def language_probabilities(self, encoded: Any) -> dict[str, float]:
+        if not self.tokens.languages:
+            return {"en": 1.0}
+        scores = self.model.detect_language(encoded)[0]  # [("<|en|>", p), ...], most likely first
+        known = self.tokens.languages
+        return {token[2:-2]: float(p) for token, p in scores if token[2:-2] in known}
+
+
+class CTranslate2Transcriber(WindowTranscriber):
+    """A stored CTranslate2 Whisper directory opened for transcription."""
+
+    _decoder: CTranslate2WindowDecoder
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        directory: Path,
+        *,
+        device: str = "cpu",
+        compute_type: str | None = None,
+        threads: int = 0,
+    ) -> None:
+        self.device = device
+        self.compute_type = compute_type or compute_type_for(manifest.dtype, device)
+        self.model = ctranslate2.models.Whisper(
+            str(directory),
+            device=device,
+            compute_type=self.compute_type,
+            inter_threads=1,
+            intra_threads=threads,
+        )
+        tokenizer = load_tokenizer(directory / TOKENIZER_FILENAME)
+        tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
+        config = json.loads((directory / CT2_CONFIG_FILENAME).read_text(encoding="utf-8"))
+        suppress = [int(token) for token in config.get("suppress_ids", [])]
+        decoder = CTranslate2WindowDecoder(self.model, tokenizer, tokens, suppress)
+        super().__init__(manifest, decoder, int(self.model.n_mels))
+        logger.debug("opened %s with CTranslate2 (%s, %s)", manifest.id, device, self.compute_type)
+
+    def close(self) -> None:
+        del self._decoder
+        del self.model
+        gc.collect()

@@ -1,0 +1,120 @@
+"""Whisper with every ``nn.Linear`` in PyTorch dynamic int8, stored as real int8 bytes.
+
+The file format (``model.int8.safetensors``, beside the checkpoint's ``config.json``):
+
+* for each quantized Linear ``<name>``: ``<name>.weight`` int8 ``(out, in)``, ``<name>.weight_scale``
+  float32 ``(out,)`` (symmetric per output channel, zero point 0: ``w ~= int8 * scale``), and
+  ``<name>.bias`` if the layer has one;
+* every other tensor (convolutions, layer norms, position tables) in ``float16``;
+* the decoder's token embedding is tied to the output projection ``proj_out``: it is stored once, as
+  ``proj_out``'s int8 rows and scales, and the embedding lookup uses those rows dequantized.
+
+Plain int8 tensors and float scales, not pickled ``torch.qint8`` objects: the bytes stay readable
+without PyTorch's quantized-tensor API (deprecated in recent releases) and load with safetensors'
+safe reader. At load time the float model's skeleton is built on the ``meta`` device, its Linears
+replaced by ``torch.ao.nn.quantized.dynamic.Linear`` (what ``quantize_dynamic`` would put there),
+and the int8 weights set into them, so no float copy of the Linear weights is ever materialised.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.ao.nn.quantized import dynamic as quantized_dynamic
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+INT8_WEIGHTS_FILENAME = "model.int8.safetensors"
+FORMAT_NAME = "hush-dynamic-int8"
+FORMAT_VERSION = "1"
+SCALE_SUFFIX = ".weight_scale"
+TIED_EMBEDDING = "model.decoder.embed_tokens.weight"
+OUTPUT_PROJECTION = "proj_out"
+FLOAT_STORAGE = torch.float16  # the non-Linear tensors; the imported teachers are float16 already
+
+
+def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 (PyTorch's ``per_channel_dynamic_qconfig`` observer)."""
+    observer = torch.ao.quantization.per_channel_dynamic_qconfig.weight()
+    observer(weight.float())
+    scales, zero_points = observer.calculate_qparams()
+    if bool(zero_points.any()):
+        raise ValueError("expected symmetric quantization (zero points of 0)")
+    quantized = torch.quantize_per_channel(weight.float(), scales, zero_points, 0, torch.qint8)
+    return quantized.int_repr().contiguous(), scales.float().contiguous()
+
+
+def _tied(model: WhisperForConditionalGeneration) -> bool:
+    embedding = model.get_input_embeddings()
+    assert isinstance(embedding, nn.Embedding), "Whisper's decoder embeds tokens with nn.Embedding"
+    return bool(model.proj_out.weight.data_ptr() == embedding.weight.data_ptr())
+
+
+def int8_state_dict(model: WhisperForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """The tensors of :data:`INT8_WEIGHTS_FILENAME` for a float model."""
+    linear_names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    tied = _tied(model)
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        module_name, _, kind = name.rpartition(".")
+        if module_name in linear_names and kind == "weight":
+            state[name], state[module_name + SCALE_SUFFIX] = _per_channel_int8(tensor)
+        elif name == TIED_EMBEDDING and tied:
+            continue  # stored once, as proj_out's int8 rows
+        else:
+            state[name] = tensor.detach().to(FLOAT_STORAGE).contiguous()
+    return state
+
+
+def save_int8(model: WhisperForConditionalGeneration, directory: Path) -> Path:
+    """Write the model's int8 weights and its config to ``directory``; returns the weights file."""
+    state = int8_state_dict(model)
+    model.config.save_pretrained(directory)
+    path = directory / INT8_WEIGHTS_FILENAME
+    tied = "true" if _tied(model) else "false"
+    save_file(state, str(path), metadata={"format": FORMAT_NAME, "version": FORMAT_VERSION, "tied": tied})
+    return path
+
+
+def _quantized_linear(
+    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+) -> quantized_dynamic.Linear:
+    out_features, in_features = weight.shape
+    layer = quantized_dynamic.Linear(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
+    zero_points = torch.zeros(out_features, dtype=torch.long)
+    qweight = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
+    layer.set_weight_bias(qweight, bias)
+    return layer
+
+
+def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperForConditionalGeneration:
+    """The model saved by :func:`save_int8`, on the CPU (dynamic int8 kernels are CPU-only)."""
+    config = WhisperConfig.from_pretrained(directory, local_files_only=True)
+    state = load_file(str(directory / INT8_WEIGHTS_FILENAME))
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    layers = {}
+    for name in linear_names:
+        weight = state.pop(f"{name}.weight")
+        scales = state.pop(name + SCALE_SUFFIX)
+        bias = state.pop(f"{name}.bias", None)
+        layers[name] = _quantized_linear(weight, scales, None if bias is None else bias.to(dtype))
+        if name == OUTPUT_PROJECTION and TIED_EMBEDDING not in state:
+            state[TIED_EMBEDDING] = weight.to(dtype) * scales.to(dtype)[:, None]
+    floats = {name: tensor.to(dtype) for name, tensor in state.items()}
+    model.load_state_dict(floats, strict=False, assign=True)
+    for name, layer in layers.items():
+        model.set_submodule(name, layer)
+    left_on_meta = [
+        name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta
+    ]
+    if left_on_meta:
+        raise ValueError(f"{directory / INT8_WEIGHTS_FILENAME} lacks tensors: {left_on_meta}")
+    logger.debug("loaded %d int8 Linear layers from %s", len(linear_names), directory)
+    return model.eval()

@@ -1,0 +1,74 @@
+"""The part of a transcriber every backend shares: features, language resolution, the long-form driver.
+
+A backend supplies a :class:`LanguageDecoder` (encode and decode one 30 s window, score languages);
+the features are hush's own log-mel spectrogram whatever the engine, so variants of one teacher
+compare on identical input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from model_store.errors import UnsupportedLanguageError
+from model_store.features import log_mel_spectrogram, window
+from model_store.longform import WindowDecoder, transcribe_mel
+from model_store.manifest import Manifest
+from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
+
+
+class LanguageDecoder(WindowDecoder, Protocol):
+    """A window decoder that also scores the languages of an encoded window."""
+
+    def language_probabilities(self, encoded: Any) -> dict[str, float]:
+        """Probability of each language, most likely first (``{"en": 1.0}`` for English-only models)."""
+        ...
+
+
+class WindowTranscriber:
+    """Transcribes audio of any length with a backend's :class:`LanguageDecoder`."""
+
+    def __init__(self, manifest: Manifest, decoder: LanguageDecoder, n_mels: int) -> None:
+        self.manifest = manifest
+        self._decoder = decoder
+        self.n_mels = n_mels
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self._decoder.tokens.languages) or ["en"]
+
+    def detect_language(self, audio: Audio) -> dict[str, float]:
+        mel = log_mel_spectrogram(audio, self.n_mels)
+        return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+
+    def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
+        duration = len(audio) / SAMPLE_RATE
+        mel = log_mel_spectrogram(audio, self.n_mels)
+        content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
+        language, probability, all_probabilities = self._resolve_language(options.language, mel)
+        language_token = (
+            self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
+        )
+        segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options, language)
+        return Transcription(
+            text="".join(segment.text for segment in segments).strip(),
+            segments=tuple(segments),
+            language=language,
+            language_probability=probability,
+            duration=duration,
+            variant_id=self.manifest.id,
+            all_language_probabilities=all_probabilities,
+        )
+
+    def _resolve_language(
+        self, requested: str | None, mel: Any
+    ) -> tuple[str, float | None, dict[str, float]]:
+        known = self.languages
+        if requested is not None:
+            if requested not in known:
+                raise UnsupportedLanguageError(requested, known)
+            return requested, None, {}
+        if not self._decoder.tokens.languages:
+            return "en", None, {}
+        probabilities = self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+        language, probability = next(iter(probabilities.items()))
+        return language, probability, probabilities

@@ -1,0 +1,414 @@
+"""Quantized variants: each method publishes real low-precision bytes that the store verifies and a
+backend opens and runs; int8 stays close to its float parent. Tiny random models for the plumbing,
+the real whisper-base for accuracy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from compression.evaluation.normalizer import normalize
+from compression.evaluation.scoring import char_errors
+from compression.importers.ct2_format import read_ct2_model
+from compression.quantize.ct2_export import export_ctranslate2
+from compression.quantize.methods import (
+    METHODS,
+    UnknownMethodError,
+    quantize_variant,
+    variant_id_for,
+)
+from compression.quantize.parent import Parent, UnsupportedParentError
+from model_store.backends.ctranslate2_backend import CTranslate2Transcriber, max_length_for
+from model_store.backends.int8_dynamic import INT8_WEIGHTS_FILENAME
+from model_store.backends.transformers_backend import TransformersTranscriber
+from model_store.errors import BackendUnavailableError
+from model_store.features import log_mel_spectrogram, window
+from model_store.manifest import Manifest, Recipe, size_tier_for
+from model_store.opener import open_variant
+from model_store.settings import RuntimeSettings
+from model_store.store import ModelStore
+from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcription
+from tests.conftest import JFK_TEXT
+from tests.factories import publish_tiny_variant
+
+PARENT = "tiny-random"
+CPU_METHODS = [name for name, method in METHODS.items() if method.device == "cpu"]
+GPU_METHODS = [name for name, method in METHODS.items() if method.device == "cuda"]
+INT8_METHODS = ["ptq-int8", "ct2-int8", "bnb-int8"]
+CPU = RuntimeSettings(device="cpu")
+QUICK = TranscribeOptions(temperatures=(0.0,), max_new_tokens=16)  # random weights: bound the decoding
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    store = ModelStore(tmp_path_factory.mktemp("quantize-store"))
+    publish_tiny_variant(store, PARENT)
+    return store
+
+
+@pytest.fixture(scope="module")
+def variant(store: ModelStore) -> Callable[[str], Manifest]:
+    """The ``method`` variant of the tiny parent, made on first use and shared by the module's tests."""
+
+    def make(method: str) -> Manifest:
+        variant_id = variant_id_for(PARENT, method)
+        if store.exists(variant_id):
+            return store.get(variant_id)
+        return quantize_variant(store, PARENT, method)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def two_seconds(jfk_audio: Audio) -> Audio:
+    return jfk_audio[: 2 * SAMPLE_RATE]
+
+
+# ---- every CPU method: publish, verify, open, transcribe ---------------------------------------
+
+
+@pytest.mark.parametrize("method", CPU_METHODS)
+def test_cpu_method_publishes_a_variant_that_transcribes(
+    method: str, store: ModelStore, variant: Callable[[str], Manifest], two_seconds: Audio
+) -> None:
+    manifest = variant(method)
+    parent = store.get(PARENT)
+    assert store.verify(manifest.id) == manifest
+    assert manifest.id == f"{PARENT}-{method}"
+    assert manifest.parent == PARENT
+    assert manifest.recipe.method == method
+    assert (
+        manifest.recipe.args["parent_weights_sha256"] == Parent(parent, store.path(PARENT)).weights_digest()
+    )
+    assert (manifest.backend, manifest.device, manifest.dtype) == (
+        METHODS[method].backend,
+        "cpu",
+        METHODS[method].dtype,
+    )
+    assert manifest.parameters == parent.parameters
+    assert manifest.size_tier == size_tier_for(parent.parameters)
+    assert (manifest.multilingual, manifest.languages) == (parent.multilingual, parent.languages)
+
+    transcriber = open_variant(store, manifest.id, CPU)
+    try:
+        result = transcriber.transcribe(two_seconds, QUICK)
+        detected = transcriber.detect_language(two_seconds)
+    finally:
+        transcriber.close()
+    assert isinstance(result, Transcription)
+    assert result.variant_id == manifest.id
+    assert result.duration == pytest.approx(2.0)
+    assert result.language in detected and abs(sum(detected.values()) - 1.0) < 1e-3
+
+
+def test_default_ids_and_unknown_methods(store: ModelStore) -> None:
+    assert variant_id_for("whisper-base", "ct2-int8") == "whisper-base-ct2-int8"
+    with pytest.raises(UnknownMethodError, match="choose one of: ptq-int8, ct2-int8"):
+        quantize_variant(store, PARENT, "int3")
+
+
+def test_a_quantized_variant_is_not_a_parent(store: ModelStore, variant: Callable[[str], Manifest]) -> None:
+    int8 = variant("ptq-int8")
+    with pytest.raises(UnsupportedParentError, match="not a float transformers checkpoint"):
+        quantize_variant(store, int8.id, "ct2-int8")
+
+
+# ---- real low-precision bytes -----------------------------------------------------------------
+
+
+def _linear_weights_fp32_bytes(store: ModelStore, names: set[str]) -> int:
+    """Bytes the parent's Linear weights named ``names`` would take in float32."""
+    model = Parent(store.get(PARENT), store.path(PARENT)).load_float()
+    return sum(4 * module.weight.numel() for name, module in model.named_modules() if name in names)
+
+
+def _parent_linear_names(store: ModelStore) -> set[str]:
+    model = Parent(store.get(PARENT), store.path(PARENT)).load_float()
+    return {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def _stored_linear_bytes(store: ModelStore, manifest: Manifest) -> tuple[int, int]:
+    """(bytes the variant stores for its quantized Linear weights and their scales, the same weights'
+    float32 bytes), read from the files on disk."""
+    directory = store.path(manifest.id)
+    linear_names = _parent_linear_names(store)
+    if manifest.recipe.method == "ct2-int8":
+        variables = read_ct2_model([directory / "model.bin"]).variables
+        weights = {name: array for name, array in variables.items() if name.endswith("/weight")}
+        linear = {name: array for name, array in weights.items() if "linear_" in name}
+        assert linear and all(array.dtype == np.int8 for array in linear.values())
+        scales = [variables[name + "_scale"] for name in linear]
+        stored = sum(array.nbytes for array in linear.values()) + sum(scale.nbytes for scale in scales)
+        return stored, sum(4 * array.size for array in linear.values())
+    path = directory / (
+        INT8_WEIGHTS_FILENAME if manifest.recipe.method == "ptq-int8" else "model.safetensors"
+    )
+    with safe_open(str(path), framework="pt") as tensors:
+        names = list(tensors.keys())
+        quantized = {
+            key.removesuffix(".weight")
+            for key in names
+            if key.endswith(".weight") and tensors.get_slice(key).get_dtype() in ("I8", "U8")
+        } & linear_names
+        assert quantized, f"no int8 Linear weights in {path.name}"
+        stored = 0
+        for key in names:  # the weights and everything that dequantizes them (scales, absmax, state)
+            owner = next((module for module in quantized if key.startswith(module + ".")), None)
+            if owner is not None and key != f"{owner}.bias":
+                tensor = tensors.get_tensor(key)
+                stored += tensor.numel() * tensor.element_size()
+    return stored, _linear_weights_fp32_bytes(store, quantized)
+
+
+@pytest.mark.parametrize("method", [*INT8_METHODS, "bnb-nf4"])
+def test_linear_weights_are_stored_in_low_precision(
+    method: str, store: ModelStore, variant: Callable[[str], Manifest]
+) -> None:
+    stored, fp32 = _stored_linear_bytes(store, variant(method))
+    limit = 0.5 if method != "bnb-nf4" else 0.25
+    assert 0 < stored < limit * fp32, f"{method}: {stored:,} bytes for {fp32:,} bytes of float32 weights"
+
+
+@pytest.mark.parametrize("method", ["ptq-int8", "ct2-int8"])
+def test_int8_variants_are_smaller_than_their_float16_parent(
+    method: str, store: ModelStore, variant: Callable[[str], Manifest]
+) -> None:
+    """The tied vocabulary matrix, most of a tiny model, is int8 too in these two formats."""
+    weights = {file.path: file.bytes for file in variant(method).weights}
+    parent = {file.path: file.bytes for file in store.get(PARENT).weights}
+    model_file = "model.bin" if method == "ct2-int8" else INT8_WEIGHTS_FILENAME
+    assert weights[model_file] < 0.6 * parent["model.safetensors"]
+
+
+# ---- int8 stays close to the float parent ---------------------------------------------------
+
+
+def _relative_error(reference: np.ndarray, other: np.ndarray) -> float:
+    return float(np.linalg.norm(reference - other) / np.linalg.norm(reference))
+
+
+@pytest.fixture(scope="module")
+def reference_logits(store: ModelStore, two_seconds: Audio) -> tuple[torch.Tensor, list[int], np.ndarray]:
+    """Features, a text prompt, and the float parent's logits for the prompt's next token."""
+    features = window(log_mel_spectrogram(two_seconds, 80), 0)
+    transcriber = open_variant(store, PARENT, CPU)
+    assert isinstance(transcriber, TransformersTranscriber)
+    tokens = transcriber._decoder.tokens
+    prompt = [tokens.sot, tokens.languages["en"], tokens.transcribe, tokens.no_timestamps]
+    with torch.inference_mode():
+        logits = transcriber.model(input_features=features[None], decoder_input_ids=torch.tensor([prompt]))
+    transcriber.close()
+    return features, prompt, logits.logits[0, -1].numpy()
+
+
+# Relative L2 error of the next-token logits, ||parent - variant|| / ||parent||, measured on the tiny random
+# model: ptq-int8 0.019, bnb-int8 0.010, bnb-nf4 0.115, ct2-int8 0.130 (unrelated logits give about 1.4).
+@pytest.mark.parametrize(("method", "tolerance"), [("ptq-int8", 0.05), ("bnb-int8", 0.05), ("bnb-nf4", 0.3)])
+def test_transformers_quantized_logits_are_close_to_the_parent(
+    method: str,
+    tolerance: float,
+    store: ModelStore,
+    variant: Callable[[str], Manifest],
+    reference_logits: tuple[torch.Tensor, list[int], np.ndarray],
+) -> None:
+    features, prompt, expected = reference_logits
+    transcriber = open_variant(store, variant(method).id, CPU)
+    assert isinstance(transcriber, TransformersTranscriber)
+    with torch.inference_mode():
+        logits = transcriber.model(input_features=features[None], decoder_input_ids=torch.tensor([prompt]))
+    transcriber.close()
+    error = _relative_error(expected, logits.logits[0, -1].float().numpy())
+    print(f"{method}: relative logit error {error:.4f}")
+    assert 0 < error < tolerance
+
+
+def test_ct2_int8_logits_are_close_to_the_parent(
+    store: ModelStore,
+    variant: Callable[[str], Manifest],
+    reference_logits: tuple[torch.Tensor, list[int], np.ndarray],
+) -> None:
+    features, prompt, expected = reference_logits
+    model = ctranslate2.models.Whisper(str(store.path(variant("ct2-int8").id)), compute_type="int8")
+    storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features.numpy()[None]))
+    result = model.generate(
+        storage,
+        [prompt],
+        beam_size=1,
+        max_length=max_length_for(len(prompt), 1),
+        return_logits_vocab=True,
+        suppress_tokens=[],
+        suppress_blank=False,
+    )[0]
+    logits = np.array(result.logits[0])[0]
+    error = _relative_error(expected, logits)
+    print(f"ct2-int8: relative logit error {error:.4f}")
+    assert 0 < error < 0.25
+
+
+# ---- the CTranslate2 backend decodes as the transformers backend does -------------------------
+
+
+def test_max_length_yields_the_requested_number_of_new_tokens() -> None:
+    for prompt_length in (1, 3, 4, 40, 227):
+        for wanted in (1, 16, 224, 448 - prompt_length):
+            total = max_length_for(prompt_length, wanted)
+            start_step = prompt_length - 1
+            assert min(total // 2, total - start_step) == wanted  # CTranslate2's own rule
+
+
+@pytest.fixture(scope="module")
+def float_ct2(store: ModelStore) -> CTranslate2Transcriber:
+    """The tiny parent exported to CTranslate2 in float32: same numbers as the parent, other engine."""
+    parent = Parent(store.get(PARENT), store.path(PARENT))
+    with store.publish("tiny-random-ct2-float32") as staging:
+        args = export_ctranslate2(parent, staging.directory, "float32")
+        manifest = staging.commit(
+            **{
+                **store.get(PARENT).model_dump(
+                    include={"parameters", "size_tier", "multilingual", "languages"}
+                ),
+                "parent": PARENT,
+                "recipe": Recipe(method="ct2-float32", args=args),
+                "backend": "ctranslate2",
+                "device": "cpu",
+                "dtype": "float32",
+            }
+        )
+    transcriber = open_variant(store, manifest.id, CPU)
+    assert isinstance(transcriber, CTranslate2Transcriber)
+    return transcriber
+
+
+@pytest.mark.parametrize("with_timestamps", [True, False])
+def test_ctranslate2_float32_decodes_the_same_tokens_as_transformers(
+    with_timestamps: bool,
+    store: ModelStore,
+    float_ct2: CTranslate2Transcriber,
+    reference_logits: tuple[torch.Tensor, list[int], np.ndarray],
+) -> None:
+    features, prompt, _ = reference_logits
+    prompt = prompt if not with_timestamps else prompt[:-1]
+    previous = [float_ct2._decoder.tokens.start_of_prev, *float_ct2._decoder.text_tokens(" Hello there.")]
+    reference = open_variant(store, PARENT, CPU)
+    assert isinstance(reference, TransformersTranscriber)
+    for full_prompt in (prompt, [*previous, *prompt]):
+        expected = reference._decoder.decode(
+            reference._decoder.encode(features),
+            full_prompt,
+            temperature=0.0,
+            max_new_tokens=12,
+            with_timestamps=with_timestamps,
+        )
+        tokens, sum_logprob, no_speech = float_ct2._decoder.decode(
+            float_ct2._decoder.encode(features),
+            full_prompt,
+            temperature=0.0,
+            max_new_tokens=12,
+            with_timestamps=with_timestamps,
+        )
+        assert tokens == expected[0]
+        assert len(tokens) == 12
+        assert sum_logprob == pytest.approx(expected[1], abs=1e-2)
+        assert no_speech == pytest.approx(expected[2], abs=1e-4)
+    reference.close()
+
+
+def test_ctranslate2_words_and_sampling(float_ct2: CTranslate2Transcriber, two_seconds: Audio) -> None:
+    options = TranscribeOptions(language="en", temperatures=(0.5,), max_new_tokens=12, word_timestamps=True)
+    result = float_ct2.transcribe(two_seconds, options)
+    words = [word for segment in result.segments for word in segment.words or ()]
+    assert all(segment.temperature == 0.5 for segment in result.segments)
+    assert all(0.0 <= word.start <= word.end <= 2.0 for word in words)
+    assert all(0.0 <= word.probability <= 1.0 for word in words)
+
+
+# ---- GPU-only methods -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", GPU_METHODS)
+def test_gpu_method_publishes_a_cuda_variant(
+    method: str, store: ModelStore, variant: Callable[[str], Manifest]
+) -> None:
+    manifest = variant(method)
+    assert store.verify(manifest.id) == manifest
+    assert (manifest.device, manifest.dtype) == ("cuda", METHODS[method].dtype)
+    assert manifest.parameters == store.get(PARENT).parameters
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU"):
+        open_variant(store, manifest.id, CPU)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("method", [*GPU_METHODS, "bnb-int8", "bnb-nf4", "ct2-int8"])
+def test_variant_transcribes_on_the_gpu(
+    method: str, store: ModelStore, variant: Callable[[str], Manifest], two_seconds: Audio
+) -> None:
+    transcriber = open_variant(store, variant(method).id, RuntimeSettings(device="cuda"))
+    try:
+        result = transcriber.transcribe(two_seconds, QUICK)
+    finally:
+        transcriber.close()
+    assert isinstance(result, Transcription)
+
+
+# ---- the command line ----------------------------------------------------------------------
+
+
+def test_compress_quantize_command(store: ModelStore, tmp_path: Path) -> None:
+    environment = {**os.environ, "HUSH_STORE__ROOT": str(store.root), "HUSH_HOME": str(tmp_path / "home")}
+
+    def hush(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "model_store.cli", "compress", "quantize", *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=300,
+        )
+
+    made = hush(PARENT, "--method", "ptq-int8", "--id", "cli-int8")
+    assert made.returncode == 0, made.stderr
+    assert "published cli-int8: ptq-int8 of tiny-random" in made.stderr
+    assert store.verify("cli-int8").recipe.method == "ptq-int8"
+    unknown = hush(PARENT, "--method", "int3")
+    assert unknown.returncode == 2
+    assert "unknown quantization method 'int3'" in unknown.stderr and "bnb-nf4" in unknown.stderr
+
+
+# ---- the real whisper-base --------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ptq-int8", "ct2-int8"])
+def test_quantized_whisper_base_transcribes_jfk(
+    method: str, real_store: ModelStore, jfk_audio: Audio
+) -> None:
+    variant_id = variant_id_for("whisper-base", method)
+    if not real_store.exists(variant_id):
+        quantize_variant(real_store, "whisper-base", method)
+    manifest = real_store.get(variant_id)
+    parent_model = next(
+        file for file in real_store.get("whisper-base").weights if file.path == "model.safetensors"
+    )
+    assert manifest.bytes_on_disk < 0.6 * real_store.get("whisper-base").bytes_on_disk
+    assert max(file.bytes for file in manifest.weights) < 0.55 * parent_model.bytes
+    transcriber = open_variant(real_store, variant_id, CPU)
+    try:
+        result = transcriber.transcribe(jfk_audio, TranscribeOptions())
+    finally:
+        transcriber.close()
+    errors = char_errors(normalize(JFK_TEXT, "en"), normalize(result.text, "en"))
+    print(f"{variant_id}: {result.text!r} CER {errors.rate:.4f}")
+    assert errors.rate <= 0.02
+    assert result.language == "en"
