@@ -57,5 +57,5 @@ def test_jfk_words(real_store: ModelStore, jfk_audio: Audio) -> None:
     assert all(0.0 <= word.start <= word.end <= 11.1 for word in words)
     by_text = {word.word.strip(" ,."): word for word in words}
     assert by_text["And"].start < 0.5  # the speech starts right away
-    assert 9.0 < by_text["country"].start  # the last word is near the end
+    assert by_text["country"].start > 9.0  # the last word is near the end
     assert all(0.0 <= word.probability <= 1.0 for word in words)
