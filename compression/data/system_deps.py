@@ -96,5 +96,16 @@ def check_system_deps(sources: Iterable[str] | None = None) -> None:
         raise SystemDepsMissingError(missing, apt_install_command(missing))
 
 
+def main(arguments: Sequence[str]) -> None:
+    """``--missing``: the packages still to install, one line (empty when all are there), for the Makefile;
+    otherwise the full ``apt-get install`` line."""
+    if "--missing" in arguments:
+        print(" ".join(missing_packages()))
+    else:
+        print(apt_install_command(debian_packages()))
+
+
 if __name__ == "__main__":
-    print(apt_install_command(debian_packages()))
+    import sys
+
+    main(sys.argv[1:])
