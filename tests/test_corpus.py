@@ -245,7 +245,7 @@ def test_reserved_voices_are_never_used() -> None:
 
 
 def test_missing_system_packages_name_the_apt_get_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(system_deps.shutil, "which", lambda command: None)
+    monkeypatch.setattr(shutil, "which", lambda command: None)
     monkeypatch.setattr(
         system_deps, "_installed", lambda package: package not in {"festvox-kallpc16k", "npm"}
     )
