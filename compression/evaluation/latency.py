@@ -39,6 +39,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. ``ru_maxrss`` would include the parent's peak, which
+    Linux carries across fork and exec; ``VmHWM`` is this process's own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def machine_info(threads: int, device: str) -> MachineInfo:
     gpu = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
     return MachineInfo(
@@ -74,7 +86,7 @@ def run_measurement(
 
     one_pass()  # warm-up
     per_pass_ms = [1000 * one_pass() / audio_seconds for _ in range(runs)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     if device == "cuda":
         peak = int(torch.cuda.max_memory_allocated())
     median = statistics.median(per_pass_ms)

@@ -10,7 +10,6 @@ the token embedding, stays in float16 (transformers never quantizes a tied outpu
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,15 +39,13 @@ def write_bnb(parent: Parent, target: Path, mode: BnbMode) -> dict[str, Any]:
     import bitsandbytes
 
     config = bnb_config(mode)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast from")
-        model = WhisperForConditionalGeneration.from_pretrained(
-            parent.directory,
-            quantization_config=config,
-            torch_dtype=torch.float16,
-            device_map={"": "cpu"},
-            local_files_only=True,
-        )
+    model = WhisperForConditionalGeneration.from_pretrained(
+        parent.directory,
+        quantization_config=config,
+        torch_dtype=torch.float16,
+        device_map={"": "cpu"},
+        local_files_only=True,
+    )
     quantized = sorted(
         name
         for name, module in model.named_modules()

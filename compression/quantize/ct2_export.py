@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,8 +12,6 @@ from ctranslate2.converters import TransformersConverter
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from compression.quantize.parent import Parent
-
-logger = logging.getLogger(__name__)
 
 PREPROCESSOR_FILENAME = "preprocessor_config.json"  # what faster-whisper reads the mel settings from
 
