@@ -85,7 +85,7 @@ def pcm16_wav_at_16k(file: BinaryIO, max_seconds: float | None) -> Audio | None:
         return None
     start = file.tell()
     try:
-        with wave.open(file, "rb") as reader:  # type: ignore[arg-type]
+        with wave.open(file, "rb") as reader:
             if (
                 reader.getframerate() != SAMPLE_RATE
                 or reader.getsampwidth() != 2

@@ -66,7 +66,11 @@ LOOP_CHECK_EVERY = 16
 def is_looping(sampled: list[int], text: Callable[[list[int]], str], limit: float) -> bool:
     """Whether a window being decoded has turned into a repetition loop (its text compresses beyond ``limit``)."""
     count = len(sampled)
-    return count >= LOOP_CHECK_FROM and count % LOOP_CHECK_EVERY == 0 and compression_ratio(text(sampled)) > limit
+    return (
+        count >= LOOP_CHECK_FROM
+        and count % LOOP_CHECK_EVERY == 0
+        and compression_ratio(text(sampled)) > limit
+    )
 
 
 class WindowDecoder(Protocol):
