@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compression.data.build import BuildOptions, build
-from compression.data.corpus import Corpus
+from compression.data.corpus import Corpus, newest_corpus
 from compression.evaluation.cli import latency_clips
 from compression.evaluation.latency import measure_latency
 from compression.evaluation.runner import EvalJob, evaluate_variant
@@ -55,9 +55,9 @@ def find_or_build_corpus(
 ) -> Corpus:
     if settings.eval.corpus is not None:
         return Corpus.open(settings.eval.corpus)
-    built = sorted(settings.corpus_root.glob("*/corpus.json"), key=lambda path: path.stat().st_mtime)
-    if built:
-        return Corpus.open(built[-1].parent)
+    newest = newest_corpus(settings.corpus_root)
+    if newest is not None:
+        return Corpus.open(newest)
     log("building the evaluation corpus (first run only; cached and resumable)")
     result = build(options or BuildOptions(out=settings.corpus_root, cache=settings.cache_dir))
     return Corpus.open(result.directory)

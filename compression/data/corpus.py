@@ -221,3 +221,9 @@ class Corpus:
             raise CorruptCorpusError(
                 f"{self.directory}: SHA-256 {actual} does not match corpus.json's {self.sha256}"
             )
+
+
+def newest_corpus(root: Path) -> Path | None:
+    """The most recently built corpus directory under ``root`` (one with a corpus.json), if any."""
+    built = sorted(root.glob(f"*/{CORPUS_FILE}"), key=lambda path: path.stat().st_mtime)
+    return built[-1].parent if built else None

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from compression.data.corpus import Corpus
+from compression.data.corpus import Corpus, newest_corpus
 from compression.evaluation.latency import measure_latency
 from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
 from model_store.manifest import EvalReport, Manifest
@@ -20,12 +20,12 @@ def find_corpus(settings: HushSettings, explicit: Path | None = None) -> Corpus:
     chosen = explicit or settings.eval.corpus
     if chosen is not None:
         return Corpus.open(chosen)
-    built = sorted(settings.corpus_root.glob("*/corpus.json"), key=lambda path: path.stat().st_mtime)
-    if not built:
+    newest = newest_corpus(settings.corpus_root)
+    if newest is None:
         raise typer.BadParameter(
             f"no corpus under {settings.corpus_root}: build one with `hush data build` or pass --corpus"
         )
-    return Corpus.open(built[-1].parent)
+    return Corpus.open(newest)
 
 
 def latency_clips(corpus: Corpus, manifest: Manifest, count: int) -> list[tuple[Path, str]]:
