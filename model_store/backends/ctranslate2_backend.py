@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import WhisperTokenizer
 
-from model_store.backends.window_transcriber import WindowTranscriber
+from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
 from model_store.logit_rules import LogitRules
 from model_store.manifest import Manifest
 from model_store.transcription import Word
@@ -57,7 +57,7 @@ def compute_type_for(dtype: str, device: str, cuda_dtype: str = "float16") -> st
     return "int8" if quantized else "float32"
 
 
-class CTranslate2WindowDecoder:
+class CTranslate2WindowDecoder(TokenizerText):
     """One window at a time through ``ctranslate2.models.Whisper``."""
 
     def __init__(
@@ -109,12 +109,6 @@ class CTranslate2WindowDecoder:
         # was reached (the engine counts it before stripping it): undo the mean to get the sum.
         counted = len(sampled) + (1 if len(sampled) < max_new_tokens else 0)
         return sampled, float(result.scores[0]) * max(1, counted), float(result.no_speech_prob)
-
-    def text(self, tokens: list[int]) -> str:
-        return str(self.tokenizer.decode([token for token in tokens if token < self.tokens.eot]))
-
-    def text_tokens(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def words(
         self,

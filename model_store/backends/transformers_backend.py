@@ -13,7 +13,7 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 from transformers.modeling_outputs import BaseModelOutput
 
 from model_store.backends.quantized_loading import load_model
-from model_store.backends.window_transcriber import WindowTranscriber
+from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
 from model_store.logit_rules import LogitRules
 from model_store.longform import is_looping
 from model_store.manifest import Manifest
@@ -24,7 +24,7 @@ from model_store.word_timing import align_words
 logger = logging.getLogger(__name__)
 
 
-class TransformersWindowDecoder:
+class TransformersWindowDecoder(TokenizerText):
     """Greedy or sampled decoding of one window with a key/value cache."""
 
     def __init__(
@@ -107,12 +107,6 @@ class TransformersWindowDecoder:
                 break
             input_ids = torch.tensor([[token]], device=self.device)
         return sampled, sum_logprob, no_speech_prob
-
-    def text(self, tokens: list[int]) -> str:
-        return str(self.tokenizer.decode([token for token in tokens if token < self.tokens.eot]))
-
-    def text_tokens(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     @torch.inference_mode()
     def words(

@@ -9,11 +9,27 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from transformers import WhisperTokenizer
+
 from model_store.errors import UnsupportedLanguageError
 from model_store.features import log_mel_spectrogram, window
 from model_store.longform import WindowDecoder, transcribe_mel
 from model_store.manifest import Manifest
 from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
+from model_store.whisper_tokens import SpecialTokens
+
+
+class TokenizerText:
+    """Text of tokens and tokens of text, the same for every backend (both use transformers' tokenizer)."""
+
+    tokenizer: WhisperTokenizer
+    tokens: SpecialTokens
+
+    def text(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode([token for token in tokens if token < self.tokens.eot]))
+
+    def text_tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
 
 class LanguageDecoder(WindowDecoder, Protocol):
