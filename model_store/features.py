@@ -1,45 +1,91 @@
 """Whisper's log-mel spectrogram, computed once over a whole clip and then cut into 30 s windows.
 
-Same recipe as OpenAI Whisper's ``log_mel_spectrogram``: 25 ms Hann windows every 10 ms, power
-spectrum, mel filterbank, log10, floor at (max - 8), then scaled to about [-1, 1].
+Same recipe as OpenAI Whisper's ``log_mel_spectrogram``: 25 ms periodic-Hann windows every 10 ms
+(centred, reflect-padded, the last frame dropped), power spectrum, mel filterbank, log10, floor at
+(max - 8), then scaled to about [-1, 1].
+
+Computed with NumPy so that engines which do not need torch (CTranslate2) never import it: torch
+alone costs about 200 MB of resident memory. :func:`log_mel_spectrogram` wraps the result as a
+tensor for callers that want one.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
-from transformers import WhisperFeatureExtractor
+import numpy.typing as npt
+from transformers.audio_utils import mel_filter_bank
 
-from model_store.transcription import CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, Audio
+from model_store.transcription import CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE, Audio
+
+if TYPE_CHECKING:
+    import torch
 
 N_FFT = 400  # 25 ms windows at 16 kHz
+_FRAMES_PER_BLOCK = 4096  # frames transformed at once, so an hour of audio never holds its whole spectrum
+
+Mel = npt.NDArray[np.float32]
+Features = TypeVar("Features", "npt.NDArray[np.float32]", "torch.Tensor")
 
 
 @lru_cache(maxsize=4)
-def _mel_filters(n_mels: int) -> torch.Tensor:
-    filters = WhisperFeatureExtractor(feature_size=n_mels).mel_filters  # (n_fft // 2 + 1, n_mels)
-    return torch.from_numpy(np.asarray(filters, dtype=np.float32)).T.contiguous()
+def _mel_filters(n_mels: int) -> Mel:
+    # The filterbank of transformers' WhisperFeatureExtractor (whose module imports torch), built directly.
+    filters = mel_filter_bank(
+        num_frequency_bins=N_FFT // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )  # (n_fft // 2 + 1, n_mels)
+    return np.ascontiguousarray(np.asarray(filters, dtype=np.float32).T)
+
+
+@lru_cache(maxsize=1)
+def _periodic_hann() -> Mel:
+    steps = np.arange(N_FFT, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * steps / N_FFT)).astype(np.float32)
+
+
+def log_mel(audio: Audio, n_mels: int = 80, *, pad_samples: int = CHUNK_SAMPLES) -> Mel:
+    """(n_mels, frames) float32 features of ``audio`` followed by ``pad_samples`` of silence."""
+    waveform = np.ascontiguousarray(audio, dtype=np.float32)
+    if pad_samples:
+        waveform = np.pad(waveform, (0, pad_samples))
+    padded = np.pad(waveform, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:-1]
+    filters = _mel_filters(n_mels)
+    hann = _periodic_hann()
+    mel = np.empty((n_mels, len(frames)), dtype=np.float32)
+    for start in range(0, len(frames), _FRAMES_PER_BLOCK):
+        block = frames[start : start + _FRAMES_PER_BLOCK]
+        spectrum = np.fft.rfft(block * hann, axis=-1)
+        power = spectrum.real**2 + spectrum.imag**2
+        mel[:, start : start + len(block)] = filters @ power.T
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32, copy=False)
 
 
 def log_mel_spectrogram(audio: Audio, n_mels: int = 80, *, pad_samples: int = CHUNK_SAMPLES) -> torch.Tensor:
-    """(n_mels, frames) features of ``audio`` followed by ``pad_samples`` of silence."""
-    waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    if pad_samples:
-        waveform = torch.nn.functional.pad(waveform, (0, pad_samples))
-    window = torch.hann_window(N_FFT)
-    stft = torch.stft(waveform, N_FFT, HOP_LENGTH, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2
-    mel = _mel_filters(n_mels) @ power
-    log_spec = torch.clamp(mel, min=1e-10).log10()
-    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-    return (log_spec + 4.0) / 4.0
+    """:func:`log_mel` as a torch tensor."""
+    import torch
+
+    return torch.from_numpy(log_mel(audio, n_mels, pad_samples=pad_samples))
 
 
-def window(mel: torch.Tensor, start_frame: int) -> torch.Tensor:
-    """The 30 s window of ``mel`` starting at ``start_frame``, padded with zeros to 3,000 frames."""
+def window(mel: Features, start_frame: int) -> Features:
+    """The 30 s window of ``mel`` (array or tensor) starting at ``start_frame``, zero-padded to 3,000 frames."""
     segment = mel[:, start_frame : start_frame + CHUNK_FRAMES]
-    if segment.shape[-1] < CHUNK_FRAMES:
-        segment = torch.nn.functional.pad(segment, (0, CHUNK_FRAMES - segment.shape[-1]))
-    return segment
+    missing = CHUNK_FRAMES - segment.shape[-1]
+    if missing <= 0:
+        return segment
+    if isinstance(segment, np.ndarray):
+        return np.pad(segment, ((0, 0), (0, missing)))
+    import torch
+
+    return torch.nn.functional.pad(segment, (0, missing))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model_store.whisper_tokens import MAX_INITIAL_TIMESTAMP_INDEX, SpecialTokens
+from model_store.whisper_tokens import MAX_INITIAL_TIMESTAMP_INDEX, SpecialTokens, suppressed_tokens
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,9 @@ class LogitRules:
         begin_suppress: list[int],
         with_timestamps: bool,
     ) -> LogitRules:
-        specials = {
-            tokens.transcribe,
-            tokens.translate,
-            tokens.sot,
-            tokens.start_of_prev,
-            tokens.start_of_lm,
-            tokens.no_speech,
-        }
-        if with_timestamps:
-            specials.add(tokens.no_timestamps)
         return cls(
             tokens=tokens,
-            suppress=tuple(sorted(set(suppress) | specials)),
+            suppress=suppressed_tokens(tokens, suppress, with_timestamps=with_timestamps),
             begin_suppress=tuple(begin_suppress),
             with_timestamps=with_timestamps,
         )

@@ -14,9 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import torch
-
-from model_store.features import window
+from model_store.features import Mel, window
 from model_store.transcription import (
     CHUNK_FRAMES,
     FRAMES_PER_SECOND,
@@ -73,12 +71,24 @@ def is_looping(sampled: list[int], text: Callable[[list[int]], str], limit: floa
     )
 
 
+def loop_cut(sampled: list[int], text: Callable[[list[int]], str], limit: float) -> int | None:
+    """Where a step-by-step decoder checking :func:`is_looping` would have stopped on ``sampled``, or None.
+
+    For engines that decode a whole window in one call (CTranslate2): cutting their tokens here gives
+    the output the transformers backend produces by stopping early.
+    """
+    for count in range(LOOP_CHECK_FROM, len(sampled) + 1, LOOP_CHECK_EVERY):
+        if is_looping(sampled[:count], text, limit):
+            return count
+    return None
+
+
 class WindowDecoder(Protocol):
     """What a backend provides to transcribe one 30 s window."""
 
     tokens: SpecialTokens
 
-    def encode(self, features: torch.Tensor) -> Any:
+    def encode(self, features: Mel) -> Any:
         """Encoder output for (n_mels, 3000) features."""
         ...
 
@@ -221,7 +231,7 @@ def _words_per_piece(
 
 def transcribe_mel(
     decoder: WindowDecoder,
-    mel: torch.Tensor,
+    mel: Mel,
     content_frames: int,
     language_token: int | None,
     options: TranscribeOptions,

@@ -71,3 +71,21 @@ def special_tokens(tokenizer: WhisperTokenizer, *, multilingual: bool) -> Specia
         timestamp_begin=token_id(timestamp_token(0)),
         languages=languages,
     )
+
+
+def suppressed_tokens(
+    tokens: SpecialTokens, suppress: list[int], *, with_timestamps: bool
+) -> tuple[int, ...]:
+    """The tokens never sampled: the model's own list plus the task tokens (and ``<|notimestamps|>``
+    when decoding with timestamps), as OpenAI Whisper suppresses them."""
+    specials = {
+        tokens.transcribe,
+        tokens.translate,
+        tokens.sot,
+        tokens.start_of_prev,
+        tokens.start_of_lm,
+        tokens.no_speech,
+    }
+    if with_timestamps:
+        specials.add(tokens.no_timestamps)
+    return tuple(sorted(set(suppress) | specials))

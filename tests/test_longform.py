@@ -175,3 +175,16 @@ def test_loop_detection_only_fires_on_repetition() -> None:
     assert not is_looping([1000] * 47, text, 2.4)  # too early to judge
     varied = list(range(1, 49))
     assert not is_looping([token * 7919 % 997 for token in varied], lambda t: " ".join(map(str, t)), 2.4)
+
+
+def test_loop_cut_matches_where_a_step_by_step_decoder_stops() -> None:
+    from model_store.longform import is_looping, loop_cut
+
+    def text(tokens: list[int]) -> str:
+        return " ".join(str(token) for token in tokens)
+
+    looping = [token * 7919 % 997 for token in range(1, 60)] + [5, 6] * 100
+    stopped_at = next(n for n in range(1, len(looping) + 1) if is_looping(looping[:n], text, 2.4))
+    assert loop_cut(looping, text, 2.4) == stopped_at
+    assert 60 < stopped_at < len(looping)
+    assert loop_cut([token * 7919 % 997 for token in range(1, 200)], text, 2.4) is None

@@ -26,14 +26,14 @@ from typing import Any
 
 import ctranslate2
 import numpy as np
-import torch
 from transformers import WhisperTokenizer
 
 from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
-from model_store.logit_rules import LogitRules
+from model_store.features import Mel
+from model_store.longform import loop_cut
 from model_store.manifest import Manifest
 from model_store.transcription import Word
-from model_store.whisper_tokens import SpecialTokens, load_tokenizer, special_tokens
+from model_store.whisper_tokens import SpecialTokens, load_tokenizer, special_tokens, suppressed_tokens
 from model_store.word_timing import MEDIAN_FILTER_WIDTH, words_from_path
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,10 @@ class CTranslate2WindowDecoder(TokenizerText):
         self.tokenizer = tokenizer
         self.tokens = tokens
         # The same suppressed set as the transformers backend: the model's list plus the task tokens.
-        rules = LogitRules.build(tokens, suppress=suppress, begin_suppress=[], with_timestamps=False)
-        self._suppress = list(rules.suppress)
+        self._suppress = list(suppressed_tokens(tokens, suppress, with_timestamps=False))
 
-    def encode(self, features: torch.Tensor) -> ctranslate2.StorageView:
-        batch = np.ascontiguousarray(features.detach().cpu().numpy()[None], dtype=np.float32)
+    def encode(self, features: Mel) -> ctranslate2.StorageView:
+        batch = np.ascontiguousarray(features[None], dtype=np.float32)
         return self.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
 
     def decode(
@@ -88,8 +87,9 @@ class CTranslate2WindowDecoder(TokenizerText):
         with_timestamps: bool,
         repetition_limit: float | None = None,
     ) -> tuple[list[int], float, float]:
-        # ``repetition_limit`` is not applied: Whisper's generate() in CTranslate2 has no per-step hook to
-        # stop a looping window early, so a loop runs to max_length and the fallback rejects it after.
+        # CTranslate2's generate() has no per-step hook to stop a looping window early: it runs to
+        # max_length, and the tokens are then cut where the step-by-step check would have stopped, so
+        # both backends return the same output for a loop (only the compute is not saved).
         if with_timestamps == (prompt[-1] == self.tokens.no_timestamps):
             raise ValueError("the prompt must end with <|notimestamps|> exactly when decoding without them")
         result = self.model.generate(
@@ -108,7 +108,13 @@ class CTranslate2WindowDecoder(TokenizerText):
         # The score is the mean log-probability over the decoded tokens, end-of-text included when it
         # was reached (the engine counts it before stripping it): undo the mean to get the sum.
         counted = len(sampled) + (1 if len(sampled) < max_new_tokens else 0)
-        return sampled, float(result.scores[0]) * max(1, counted), float(result.no_speech_prob)
+        sum_logprob = float(result.scores[0]) * max(1, counted)
+        cut = loop_cut(sampled, self.text, repetition_limit) if repetition_limit is not None else None
+        if cut is not None:
+            # Only the mean is known: the kept tokens are credited with the window's mean log-probability.
+            sum_logprob *= cut / max(1, counted)
+            sampled = sampled[:cut]
+        return sampled, sum_logprob, float(result.no_speech_prob)
 
     def words(
         self,

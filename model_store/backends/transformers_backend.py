@@ -14,6 +14,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from model_store.backends.quantized_loading import load_model
 from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
+from model_store.features import Mel
 from model_store.logit_rules import LogitRules
 from model_store.longform import is_looping
 from model_store.manifest import Manifest
@@ -58,8 +59,8 @@ class TransformersWindowDecoder(TokenizerText):
         ]
 
     @torch.inference_mode()
-    def encode(self, features: torch.Tensor) -> torch.Tensor:
-        batch = features.unsqueeze(0).to(self.device, self.dtype)
+    def encode(self, features: Mel | torch.Tensor) -> torch.Tensor:
+        batch = torch.as_tensor(features).unsqueeze(0).to(self.device, self.dtype)
         return self.model.model.encoder(batch).last_hidden_state
 
     @torch.inference_mode()

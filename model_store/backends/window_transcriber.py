@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from transformers import WhisperTokenizer
 
 from model_store.errors import UnsupportedLanguageError
-from model_store.features import log_mel_spectrogram, window
+from model_store.features import log_mel, window
 from model_store.longform import WindowDecoder, transcribe_mel
 from model_store.manifest import Manifest
 from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
@@ -53,12 +53,12 @@ class WindowTranscriber:
         return list(self._decoder.tokens.languages) or ["en"]
 
     def detect_language(self, audio: Audio) -> dict[str, float]:
-        mel = log_mel_spectrogram(audio, self.n_mels)
+        mel = log_mel(audio, self.n_mels)
         return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
 
     def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         duration = len(audio) / SAMPLE_RATE
-        mel = log_mel_spectrogram(audio, self.n_mels)
+        mel = log_mel(audio, self.n_mels)
         content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
         language, probability, all_probabilities = self._resolve_language(options.language, mel)
         language_token = (
