@@ -51,7 +51,7 @@ def _open_ctranslate2(
 OPENERS: dict[str, Opener] = {"transformers": _open_transformers, "ctranslate2": _open_ctranslate2}
 
 
-def _device_for(manifest: Manifest, runtime: RuntimeSettings) -> str:
+def device_for(manifest: Manifest, runtime: RuntimeSettings) -> str:
     """The device a variant opens on. CTranslate2 variants ask CTranslate2 whether a GPU is there, so
     that serving them never imports torch (about 200 MB of resident memory)."""
     if runtime.device == "auto" and manifest.backend == "ctranslate2":
@@ -81,6 +81,6 @@ def open_variant(
         import torch
 
         torch.set_num_threads(runtime.threads)
-    device = _device_for(manifest, runtime)
+    device = device_for(manifest, runtime)
     logger.info("loading %s (%s) on %s", variant_id, manifest.backend, device)
     return OPENERS[manifest.backend](manifest, store.path(variant_id), device, runtime)

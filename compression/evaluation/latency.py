@@ -7,6 +7,7 @@ and recorded.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -18,12 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from compression.evaluation.runner import evaluation_options
 from model_store.audio import decode_audio
 from model_store.manifest import Latency, MachineInfo
-from model_store.opener import open_variant
+from model_store.opener import device_for, open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE
@@ -52,42 +51,59 @@ def peak_rss_bytes() -> int:
 
 
 def machine_info(threads: int, device: str) -> MachineInfo:
-    gpu = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
+    gpu = None
+    if device == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return MachineInfo(
         cpu=_cpu_name(),
         cores=os.cpu_count() or 1,
         threads=threads,
         gpu=gpu,
-        torch=torch.__version__,
+        torch=importlib.metadata.version("torch"),
         platform=platform.platform(terse=True),
     )
+
+
+def _cuda_synchronize() -> None:
+    import torch
+
+    torch.cuda.synchronize()
 
 
 def run_measurement(
     store_root: Path, variant_id: str, clips: list[tuple[Path, str]], runs: int, runtime: RuntimeSettings
 ) -> dict[str, Any]:
-    """Load, warm up, time; runs in the worker process."""
-    threads = runtime.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    """Load, warm up, time; runs in the worker process.
+
+    torch is imported only by variants that run on it, so a CTranslate2 variant's peak memory is its own.
+    """
+    threads = runtime.threads or os.cpu_count() or 1
+    runtime = runtime.model_copy(update={"threads": threads})  # open_variant applies it to the backend
     started = time.perf_counter()
     transcriber = open_variant(ModelStore(store_root), variant_id, runtime, verify=False)
     load_seconds = time.perf_counter() - started
     audios = [(decode_audio(path), language) for path, language in clips]
     audio_seconds = sum(len(audio) for audio, _ in audios) / SAMPLE_RATE
-    device = runtime.resolved_device()
+    manifest = ModelStore(store_root).get(variant_id)
+    device = device_for(manifest, runtime)
+    cuda_synchronize = _cuda_synchronize if device == "cuda" else None
 
     def one_pass() -> float:
         begin = time.perf_counter()
         for audio, language in audios:
             transcriber.transcribe(audio, evaluation_options(language))
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if cuda_synchronize is not None:
+            cuda_synchronize()
         return time.perf_counter() - begin
 
     one_pass()  # warm-up
     per_pass_ms = [1000 * one_pass() / audio_seconds for _ in range(runs)]
     peak = peak_rss_bytes()
     if device == "cuda":
+        import torch
+
         peak = int(torch.cuda.max_memory_allocated())
     median = statistics.median(per_pass_ms)
     return Latency(

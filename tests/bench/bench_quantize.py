@@ -99,9 +99,8 @@ def faster_whisper_worker(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def hush_worker(request: dict[str, Any]) -> dict[str, Any]:
-    """A hush variant, loaded and timed as ``compression.evaluation.latency`` does (same decoding)."""
-    import torch
-
+    """A hush variant, loaded and timed as ``compression.evaluation.latency`` does (same decoding).
+    torch is imported only by variants that run on it (open_variant sets its threads)."""
     from compression.evaluation.runner import evaluation_options
     from model_store.audio import decode_audio
     from model_store.opener import open_variant
@@ -109,7 +108,6 @@ def hush_worker(request: dict[str, Any]) -> dict[str, Any]:
     from model_store.store import ModelStore
 
     runtime = RuntimeSettings(device="cpu", threads=request["threads"])
-    torch.set_num_threads(request["threads"])
     transcriber = open_variant(ModelStore(Path(request["store_root"])), request["variant_id"], runtime)
 
     def transcribe(audio: Any, language: str) -> str:
