@@ -73,6 +73,10 @@ class CTranslate2WindowDecoder(TokenizerText):
         # The same suppressed set as the transformers backend: the model's list plus the task tokens.
         self._suppress = list(suppressed_tokens(tokens, suppress, with_timestamps=False))
 
+    def seed_sampling(self, seed: int) -> None:
+        """CTranslate2's sampling seed is process-wide: concurrent requests share one random stream."""
+        ctranslate2.set_random_seed(seed)
+
     def encode(self, features: Mel) -> ctranslate2.StorageView:
         batch = np.ascontiguousarray(features[None], dtype=np.float32)
         return self.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)

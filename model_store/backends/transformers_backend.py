@@ -51,12 +51,25 @@ class TransformersWindowDecoder(TokenizerText):
             )
             for flag in (True, False)
         }
-        self._generator = torch.Generator().manual_seed(seed)
+        self._seed = seed
+        self._per_thread = threading.local()  # a server's worker threads share one decoder
         heads = getattr(generation, "alignment_heads", None) or []
         last = model.config.decoder_layers - 1
         self._alignment_heads: list[tuple[int, int]] = [(int(layer), int(head)) for layer, head in heads] or [
             (last, head) for head in range(model.config.decoder_attention_heads)
         ]
+
+    def seed_sampling(self, seed: int) -> None:
+        """Restart this thread's sampling from ``seed`` (each transcription does, for reproducibility)."""
+        self._per_thread.generator = torch.Generator().manual_seed(seed)
+
+    def _generator(self) -> torch.Generator:
+        """This thread's sampling generator: torch generators are not safe to share between threads."""
+        generator: torch.Generator | None = getattr(self._per_thread, "generator", None)
+        if generator is None:
+            generator = torch.Generator().manual_seed(self._seed)
+            self._per_thread.generator = generator
+        return generator
 
     @torch.inference_mode()
     def encode(self, features: Mel | torch.Tensor) -> torch.Tensor:
@@ -97,7 +110,7 @@ class TransformersWindowDecoder(TokenizerText):
             log_probs = torch.log_softmax(logits, dim=-1)
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1).cpu()
-                token = int(torch.multinomial(probs, 1, generator=self._generator).item())
+                token = int(torch.multinomial(probs, 1, generator=self._generator()).item())
             else:
                 token = int(logits.argmax().item())
             if token == self.tokens.eot:

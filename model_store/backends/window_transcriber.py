@@ -39,6 +39,10 @@ class LanguageDecoder(WindowDecoder, Protocol):
         """Probability of each language, most likely first (``{"en": 1.0}`` for English-only models)."""
         ...
 
+    def seed_sampling(self, seed: int) -> None:
+        """Start sampling (temperature > 0) afresh from ``seed``."""
+        ...
+
 
 class WindowTranscriber:
     """Transcribes audio of any length with a backend's :class:`LanguageDecoder`."""
@@ -64,6 +68,7 @@ class WindowTranscriber:
         language_token = (
             self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
         )
+        self._decoder.seed_sampling(options.seed)
         segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options, language)
         return Transcription(
             text="".join(segment.text for segment in segments).strip(),
