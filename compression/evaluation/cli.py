@@ -10,6 +10,7 @@ import typer
 from compression.data.corpus import Corpus, newest_corpus
 from compression.evaluation.latency import measure_latency
 from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
+from compression.evaluation.table import markdown_table
 from model_store.manifest import EvalReport, Manifest
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
@@ -63,7 +64,7 @@ def print_report(variant_id: str, report: EvalReport, manifest: Manifest) -> Non
 
 
 def eval_command(
-    targets: Annotated[list[str], typer.Argument(help="VARIANT, or: compare A B")],
+    targets: Annotated[list[str], typer.Argument(help="VARIANT..., or: compare A B, or: table VARIANT...")],
     split: Annotated[
         str | None, typer.Option(help="train, dev or test (default from settings: dev).")
     ] = None,
@@ -77,9 +78,14 @@ def eval_command(
     """Evaluate a variant on the corpus and record CER/WER per language and latency in its manifest.
 
     `hush eval compare A B` prints per-language CER differences (B - A) with paired bootstrap intervals.
+    `hush eval table A B ...` prints the recorded figures side by side as a markdown table (`!`: CER
+    over 0.5 points above the variant's parent on that language).
     """
     settings = HushSettings()
     store = ModelStore(settings.store.root)
+    if targets[0] == "table":
+        _table(store, targets[1:])
+        return
     job = EvalJob(
         corpus=find_corpus(settings, corpus),
         split=split or settings.eval.split,
@@ -117,3 +123,13 @@ def _compare(store: ModelStore, variant_a: str, variant_b: str, job: EvalJob) ->
             f"{row.language:<5} {row.utterances:>5} {row.cer_a:>7.3f} {row.cer_b:>7.3f} {diff.estimate:>+8.3f} "
             f"[{diff.low:>+7.3f}, {diff.high:>+7.3f}]  {diff.verdict}"
         )
+
+
+def _table(store: ModelStore, variant_ids: list[str]) -> None:
+    if not variant_ids:
+        raise typer.BadParameter("usage: hush eval table VARIANT [VARIANT ...]")
+    manifests = [store.get(variant_id) for variant_id in variant_ids]
+    known = set(store.ids())
+    parents = {m.id: store.get(m.parent) for m in manifests if m.parent is not None and m.parent in known}
+    for line in markdown_table(manifests, parents):
+        typer.echo(line)
