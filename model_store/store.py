@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from model_store.atomic_write import write_atomically
 from model_store.errors import CorruptVariantError, VariantExistsError, VariantNotFoundError
 from model_store.hashing import sha256_file
 from model_store.manifest import MANIFEST_FILENAME, Manifest, WeightFile, validate_variant_id
@@ -52,19 +52,6 @@ def describe_weights(directory: Path) -> tuple[tuple[WeightFile, ...], int]:
     return files, sum(file.bytes for file in files)
 
 
-def _write_json_atomically(path: Path, payload: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 class Staging:
     """A variant being written. Put the weights in :attr:`directory`, then call :meth:`commit`."""
 
@@ -81,7 +68,7 @@ class Staging:
         manifest = Manifest.model_validate(
             {**fields, "id": self.variant_id, "weights": weights, "bytes_on_disk": total}
         )
-        _write_json_atomically(self.directory / MANIFEST_FILENAME, manifest.model_dump_json(indent=2))
+        write_atomically(self.directory / MANIFEST_FILENAME, manifest.model_dump_json(indent=2))
         self.manifest = manifest
         return manifest
 
@@ -196,7 +183,7 @@ class ModelStore:
         """Rewrite some manifest fields (e.g. ``eval``, ``latency``) atomically."""
         manifest = self.get(variant_id)
         updated = Manifest.model_validate({**manifest.model_dump(), **changes})
-        _write_json_atomically(self.path(variant_id) / MANIFEST_FILENAME, updated.model_dump_json(indent=2))
+        write_atomically(self.path(variant_id) / MANIFEST_FILENAME, updated.model_dump_json(indent=2))
         return updated
 
     def remove(self, variant_id: str) -> None:
@@ -223,4 +210,4 @@ class ModelStore:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write a JSON file atomically."""
-    _write_json_atomically(path, json.dumps(payload, indent=2, ensure_ascii=False))
+    write_atomically(path, json.dumps(payload, indent=2, ensure_ascii=False))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,7 @@ from typing import Any
 from compression.data.audio_io import read_flac
 from compression.data.errors import CorpusNotFoundError, CorruptCorpusError
 from compression.data.splits import SPLITS
+from model_store.atomic_write import write_atomically
 from model_store.transcription import Audio
 
 FORMAT_VERSION = 1
@@ -80,19 +79,6 @@ def _jsonl(records: Iterable[Record]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def corpus_sha256(directory: Path, records: Sequence[Record]) -> str:
     """The corpus's SHA-256: the three JSONL files, then the audio files in id order."""
     digest = hashlib.sha256()
@@ -132,7 +118,7 @@ def write_index(
     (directory / CORPUS_FILE).unlink(missing_ok=True)
     ordered = sorted(records, key=lambda record: record.id)
     for split in SPLITS:
-        _write_atomically(directory / split_file(split), _jsonl(r for r in ordered if r.split == split))
+        write_atomically(directory / split_file(split), _jsonl(r for r in ordered if r.split == split))
     sha256 = corpus_sha256(directory, ordered)
     info = {
         "format": FORMAT_VERSION,
@@ -141,7 +127,7 @@ def write_index(
         "parameters": parameters,
         "languages": summarize(ordered),
     }
-    _write_atomically(
+    write_atomically(
         directory / CORPUS_FILE, (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
     )
     return sha256
