@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from rapidfuzz.distance import Levenshtein
 
-from compression.evaluation.normalizer import normalize, raw
+from model_store.normalizer import normalize, raw
 
 Metric = Literal["cer", "wer", "cer_raw", "wer_raw"]
 Verdict = Literal["better", "worse", "not significant"]
@@ -185,11 +185,51 @@ def bootstrap_ci(
     """
     _check_bootstrap(len(scores), metric, resamples, confidence)
     edits, lengths = _arrays(scores, metric)
+    return pooled_rate_ci(edits, lengths, resamples=resamples, seed=seed, confidence=confidence)
+
+
+def pooled_rate_ci(
+    edits: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(edits) / sum(lengths), resampling items with replacement."""
+    _check_bootstrap(len(edits), "cer", resamples, confidence)
     rates = [
-        edits[chunk].sum(axis=1) / lengths[chunk].sum(axis=1)
-        for chunk in _resample_indices(len(scores), resamples, seed)
+        edits[chunk].sum(axis=1) / np.maximum(lengths[chunk].sum(axis=1), 1)
+        for chunk in _resample_indices(len(edits), resamples, seed)
     ]
     return _percentiles(np.concatenate(rates), confidence)
+
+
+def unpaired_difference_ci(
+    a: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    b: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """Bootstrap rate_b - rate_a for two independent samples of (edits, lengths), e.g. two A/B arms
+    that served different requests; each side is resampled on its own."""
+    (edits_a, lengths_a), (edits_b, lengths_b) = a, b
+    _check_bootstrap(min(len(edits_a), len(edits_b)), "cer", resamples, confidence)
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BOOTSTRAP_CELLS // max(len(edits_a), len(edits_b)))
+    differences = []
+    for start in range(0, resamples, rows):
+        count = min(rows, resamples - start)
+        chunk_a = rng.integers(0, len(edits_a), size=(count, len(edits_a)))
+        chunk_b = rng.integers(0, len(edits_b), size=(count, len(edits_b)))
+        rate_a = edits_a[chunk_a].sum(axis=1) / np.maximum(lengths_a[chunk_a].sum(axis=1), 1)
+        rate_b = edits_b[chunk_b].sum(axis=1) / np.maximum(lengths_b[chunk_b].sum(axis=1), 1)
+        differences.append(rate_b - rate_a)
+    estimate = float(edits_b.sum() / max(lengths_b.sum(), 1) - edits_a.sum() / max(lengths_a.sum(), 1))
+    low, high = _percentiles(np.concatenate(differences), confidence)
+    return PairedDifference(estimate, low, high)
 
 
 @dataclass(frozen=True)
