@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from app.experiments.assignment import assign, unit
 from app.experiments.definitions import Arm, Experiment
+from app.experiments.registry import read_experiment_file
 from app.experiments.results import ExperimentTracker
 from app.feedback import (
     DuplicateFeedbackError,
@@ -487,3 +488,14 @@ def test_variant_info_and_baselines(client: TestClient, registry: CollectorRegis
         )
         == 0
     )
+
+
+def test_api_changes_persist_to_the_experiment_file(tmp_path: Path, registry: CollectorRegistry) -> None:
+    file = tmp_path / "experiments.json"
+    with app_client(tmp_path, registry, experiments={"file": file, "persist": True}) as client:
+        assert client.put("/v1/experiments/kept", json=experiment_body()).status_code == 201
+        assert client.put("/v1/experiments/gone", json=experiment_body()).status_code == 201
+        assert client.delete("/v1/experiments/gone").status_code == 200
+    assert [e.name for e in read_experiment_file(file)] == ["kept"]
+    with app_client(tmp_path / "again", CollectorRegistry(), experiments={"file": file}) as client:
+        assert [e["name"] for e in client.get("/v1/experiments").json()["data"]] == ["kept"]
