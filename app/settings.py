@@ -140,6 +140,12 @@ class ShadowOptions(BaseModel):
     reference_variant: str | None = Field(
         None, description="Reference for every language; unset: the lowest-CER variant for the language."
     )
+    min_eval_utterances: int = Field(
+        10,
+        ge=1,
+        description="Utterances a variant's evaluation needs for the language to be chosen as reference "
+        "(a thinner one only when no variant has more).",
+    )
     seed: int | None = Field(None, description="Seed of the sampling (tests); unset: random.")
 
 

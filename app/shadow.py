@@ -47,20 +47,24 @@ class ShadowJob:
 
 
 def reference_variant(
-    manifests: Sequence[Manifest], language: str, runtime: RuntimeSettings, preferred: str | None = None
+    manifests: Sequence[Manifest],
+    language: str,
+    runtime: RuntimeSettings,
+    preferred: str | None = None,
+    min_utterances: int = 1,
 ) -> str | None:
     """The variant whose output serves as the reference for ``language``: ``preferred`` when it is in
-    the catalog, else the runnable variant with the lowest evaluated CER for the language."""
-    if preferred is not None and any(manifest.id == preferred for manifest in manifests):
-        return preferred
-    ranked = sorted(
-        (cer, manifest.parameters, manifest.id)
-        for manifest in manifests
-        if runnable_here(manifest, runtime)
-        and manifest.covers(language)
-        and (cer := manifest.cer_for(language)) is not None
-    )
-    return ranked[0][2] if ranked else None
+    the catalog, else the runnable variant with the lowest evaluated CER for the language (ties: the
+    larger model). CERs measured on fewer than ``min_utterances`` count only when no variant has more."""
+    ranked: list[tuple[bool, float, int, str]] = []
+    for manifest in manifests:
+        if manifest.id == preferred:
+            return preferred
+        score = manifest.eval.languages.get(language) if manifest.eval is not None else None
+        if score is None or not runnable_here(manifest, runtime) or not manifest.covers(language):
+            continue
+        ranked.append((score.utterances < min_utterances, score.cer, -manifest.parameters, manifest.id))
+    return min(ranked)[3] if ranked else None
 
 
 class ShadowScorer:
@@ -137,7 +141,11 @@ class ShadowScorer:
         if not job.score and len(outputs) == 1:
             return
         reference = reference_variant(
-            self.catalog(), served.language, self.runtime, self.options.reference_variant
+            self.catalog(),
+            served.language,
+            self.runtime,
+            self.options.reference_variant,
+            self.options.min_eval_utterances,
         )
         if reference is None:
             self.metrics.shadow_jobs.labels(outcome="no_reference").inc()

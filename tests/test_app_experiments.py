@@ -28,6 +28,7 @@ from app.feedback import (
 )
 from app.inference import InferenceQueue, QueueFullError
 from app.main import create_app
+from app.shadow import reference_variant
 from app.state import AppState
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
@@ -35,7 +36,9 @@ from model_store.transcription import Audio, TranscribeOptions, Transcription
 from tests.app_support import (
     StubOpener,
     StubTranscriber,
+    eval_report,
     publish_fake_variant,
+    score,
     server_settings,
     wait_until,
     wav_bytes,
@@ -499,3 +502,24 @@ def test_api_changes_persist_to_the_experiment_file(tmp_path: Path, registry: Co
     assert [e.name for e in read_experiment_file(file)] == ["kept"]
     with app_client(tmp_path / "again", CollectorRegistry(), experiments={"file": file}) as client:
         assert [e["name"] for e in client.get("/v1/experiments").json()["data"]] == ["kept"]
+
+
+def test_reference_is_the_most_accurate_well_evaluated_variant(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store")
+    manifests = store.list()
+    runtime = RuntimeSettings(device="cpu")
+    assert reference_variant(manifests, "en", runtime) == "ref"  # CER 0.02, the lowest
+    assert reference_variant(manifests, "de", runtime) is None  # nobody was evaluated on German
+    assert reference_variant(manifests, "en", runtime, preferred="cand") == "cand"
+    # a perfect CER measured on one utterance loses to a well-measured one ...
+    lucky = manifests[0].model_copy(
+        update={
+            "id": "lucky",
+            "eval": eval_report(en=0.0).model_copy(
+                update={"languages": {"en": score(0.0).model_copy(update={"utterances": 1})}}
+            ),
+        }
+    )
+    assert reference_variant([*manifests, lucky], "en", runtime, min_utterances=10) == "ref"
+    # ... unless nobody has more
+    assert reference_variant([lucky], "en", runtime, min_utterances=10) == "lucky"
