@@ -4,11 +4,6 @@ At most ``workers`` jobs run at once and ``capacity`` more wait; a job beyond th
 with :class:`QueueFullError` (the edge answers 429 with ``Retry-After``), so that a burst turns into
 quick refusals instead of requests that time out. One server process drives one device: run a
 replica per GPU.
-
-Background work (shadow scoring, mirror arms) is *sheddable*: it is admitted only while a worker is
-free and nobody waits, and a sheddable job still waiting is cancelled to make room for a client's job
-when the queue is full. Load is shed from background work first, and never from clients while
-background work holds a queue slot.
 """
 
 from __future__ import annotations
@@ -75,7 +70,6 @@ class InferenceQueue:
         self._waiting = 0
         self._running = 0
         self._job_seconds: float | None = None
-        self._sheddable: set[Future[Any]] = set()  # sheddable jobs submitted and not yet done
         if metrics is not None:
             metrics.track_device(device)
 
@@ -94,17 +88,13 @@ class InferenceQueue:
             ahead = self._waiting + self._running
         return max(1, min(MAX_RETRY_AFTER_SECONDS, math.ceil(job_seconds * ahead / self.workers)))
 
-    async def run(
-        self, job: Callable[[], T], *, timeout_seconds: float | None = None, sheddable: bool = False
-    ) -> Timed[T]:
-        """Run ``job`` on a worker thread and wait for it without blocking the event loop.
-
-        A ``sheddable`` job is refused (QueueFullError) unless a worker is free now, and may be
-        cancelled (``asyncio.CancelledError``) while it waits if a client's job needs its slot.
-        """
-        full = self._admit(sheddable)
-        if full and not sheddable and self._shed_one():
-            full = self._admit(sheddable)
+    async def run(self, job: Callable[[], T], *, timeout_seconds: float | None = None) -> Timed[T]:
+        """Run ``job`` on a worker thread and wait for it without blocking the event loop."""
+        with self._lock:
+            admitted = self._waiting + self._running
+            full = admitted >= self.workers + self.capacity
+            if not full:
+                self._waiting += 1
         if full:
             if self._metrics is not None:
                 self._metrics.queue_rejections.labels(device=self.device).inc()
@@ -137,10 +127,6 @@ class InferenceQueue:
 
         future = self._executor.submit(execute)
         future.add_done_callback(self._forget_if_cancelled)
-        if sheddable:
-            with self._lock:
-                self._sheddable.add(future)
-            future.add_done_callback(self._forget_sheddable)
         try:
             value = await asyncio.wait_for(asyncio.wrap_future(future), timeout_seconds)
         except TimeoutError:
@@ -148,32 +134,6 @@ class InferenceQueue:
                 f"the transcription did not finish within {timeout_seconds:g} s"
             ) from None
         return Timed(value, started[0] - submitted, finished[0] - started[0])
-
-    def _admit(self, sheddable: bool) -> bool:
-        """Count the job in if there is room for it; True when the queue is full for it."""
-        with self._lock:
-            admitted = self._waiting + self._running
-            if sheddable:
-                full = self._waiting > 0 or self._running >= self.workers
-            else:
-                full = admitted >= self.workers + self.capacity
-            if not full:
-                self._waiting += 1
-        return full
-
-    def _shed_one(self) -> bool:
-        """Cancel one waiting sheddable job; True when one was cancelled (its slot is free again)."""
-        with self._lock:
-            waiting = list(self._sheddable)
-        for future in waiting:
-            if future.cancel():  # only succeeds before the job starts; frees its slot through the callback
-                logger.info("shed a background job to make room for a client request")
-                return True
-        return False
-
-    def _forget_sheddable(self, future: Future[Any]) -> None:
-        with self._lock:
-            self._sheddable.discard(future)
 
     def _forget_if_cancelled(self, future: Future[Any]) -> None:
         if future.cancelled():  # it never started: it still counted as waiting

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import anyio
 
+from app.background import BackgroundWorkers
 from app.experiments.definitions import Arm, Experiment
 from app.experiments.registry import ExperimentRegistry
 from app.experiments.results import ExperimentTracker
@@ -106,6 +107,7 @@ class TranscriptionService:
         detector: LanguageDetector,
         metrics: HushMetrics | None = None,
         ab: ABParts | None = None,
+        background: BackgroundWorkers | None = None,
     ) -> None:
         self.options = options
         self.pool = pool
@@ -115,6 +117,7 @@ class TranscriptionService:
         self.detector = detector
         self.metrics = metrics
         self.ab = ab if ab is not None else ABParts()
+        self.background = background if background is not None else BackgroundWorkers(queue, workers=0)
 
     def pinned_model(self, model: str | None) -> str | None:
         """The variant a request pins, or None to route; raises VariantNotFoundError for unknown ids."""
@@ -227,12 +230,13 @@ class TranscriptionService:
     async def run_in_background(
         self, variant_id: str, audio: Audio, options: TranscribeOptions
     ) -> tuple[str, float]:
-        """Transcribe as sheddable background work (shadow scoring, mirror arms): text, inference s."""
+        """Transcribe as background work (shadow scoring, mirror arms): text and inference seconds.
+
+        Raises BackgroundBusyError at once when there is no room for it (it is shed)."""
         with self.pool.lease(variant_id) as lease:
-            timed = await self.queue.run(
+            timed = await self.background.run(
                 lambda: _transcribe(lease, audio, options),
                 timeout_seconds=self.options.request_timeout_seconds,
-                sheddable=True,
             )
         transcription, inference_seconds = timed.value
         return transcription.text, inference_seconds

@@ -39,6 +39,12 @@ class ServerOptions(BaseModel):
     workers: int = Field(
         1, ge=1, description="Inference threads per device: requests transcribed at the same time."
     )
+    background_workers: int = Field(
+        1,
+        ge=0,
+        description="Inference threads for background work (shadow scoring, mirror arms), beside `workers`; "
+        "background jobs start only when one is idle and no client waits, else they are shed. 0: none.",
+    )
     queue_size: int = Field(
         16, ge=0, description="Requests allowed to wait per device beyond those running; more get a 429."
     )

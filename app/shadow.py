@@ -4,8 +4,8 @@ For a sampled fraction of requests (``HUSH_SHADOW__SAMPLE_RATE``) the reference 
 accurate for the language, or ``HUSH_SHADOW__REFERENCE_VARIANT``) transcribes the same audio in the
 background; the CER of what was served, measured against the reference's output, is the shadow CER.
 A request of an experiment with a mirror arm is also transcribed by the mirror's variant (never
-returned), and the mirror's output is scored the same way. All of it runs as sheddable jobs on the
-inference queue: admitted only while a worker is idle, cancelled first when clients need the room.
+returned), and the mirror's output is scored the same way. All of it runs on the background workers
+(:mod:`app.background`): started only when one is idle and no client waits, else shed.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from app.background import BackgroundBusyError
 from app.experiments.definitions import Arm
 from app.experiments.results import ExperimentTracker
 from app.feedback import ServedRecord
-from app.inference import QueueFullError
 from app.live_cer import ArmRef, LiveCer
 from app.metrics import HushMetrics
 from app.settings import ShadowOptions
@@ -119,7 +119,7 @@ class ShadowScorer:
     async def _run(self, job: ShadowJob) -> None:
         try:
             await self._score(job)
-        except (QueueFullError, asyncio.CancelledError):
+        except BackgroundBusyError:
             self.metrics.shadow_jobs.labels(outcome="shed").inc()
             logger.info("shadow work for request %s shed under load", job.served.request_id)
         except Exception:

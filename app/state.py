@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from app.background import BackgroundWorkers
 from app.experiments.registry import ExperimentRegistry
 from app.experiments.results import ExperimentTracker
 from app.feedback import RecentRequests
@@ -56,9 +57,11 @@ class AppState:
     service: TranscriptionService
     ab: ABParts
     live_cer: LiveCer
+    background: BackgroundWorkers
     readiness: Readiness = field(default_factory=Readiness)
 
     def close(self) -> None:
+        self.background.shutdown()
         self.queue.shutdown()
         self.pool.close()
         self.metrics.unwatch_catalog()
@@ -98,6 +101,7 @@ def build_state(
     )
     ab = ABParts(experiments=experiments, tracker=tracker, recent=recent)
     live_cer = LiveCer(metrics, tracker)
+    background = BackgroundWorkers(queue, workers=server.background_workers)
     service = TranscriptionService(
         server,
         pool=pool,
@@ -107,6 +111,7 @@ def build_state(
         detector=detector,
         metrics=metrics,
         ab=ab,
+        background=background,
     )
     ab.shadow = ShadowScorer(
         settings.shadow,
@@ -118,7 +123,9 @@ def build_state(
         metrics=metrics,
     )
     metrics.watch_catalog(pool.manifests)
-    return AppState(settings, store, metrics, pool, queue, latency, policy, detector, service, ab, live_cer)
+    return AppState(
+        settings, store, metrics, pool, queue, latency, policy, detector, service, ab, live_cer, background
+    )
 
 
 def default_variants(state: AppState) -> list[str]:

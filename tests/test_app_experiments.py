@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from app.background import BackgroundBusyError, BackgroundWorkers
 from app.experiments.assignment import assign, unit
 from app.experiments.definitions import Arm, Experiment
 from app.experiments.registry import read_experiment_file
@@ -26,7 +27,7 @@ from app.feedback import (
     ServedRecord,
     UnknownRequestError,
 )
-from app.inference import InferenceQueue, QueueFullError
+from app.inference import InferenceQueue
 from app.main import create_app
 from app.shadow import reference_variant
 from app.state import AppState
@@ -354,61 +355,39 @@ def test_mirror_arm_is_transcribed_and_scored_but_never_returned(
         assert candidate["cer"]["shadow"]["cer"] == pytest.approx(0.2)
 
 
-def test_background_work_is_shed_before_clients() -> None:
-    async def scenario() -> None:
-        queue = InferenceQueue("cpu", workers=1, capacity=1)
-        gate = threading.Event()
-        try:
-            client_job = anyio.create_task_group()
-            async with client_job as group:
-                group.start_soon(queue.run, gate.wait)  # a client's job holds the worker
-                await anyio.sleep(0.05)
-                with pytest.raises(QueueFullError):  # no idle worker: background work is refused
-                    await queue.run(lambda: 1, sheddable=True)
-                gate.set()
-            assert (await queue.run(lambda: 2, sheddable=True)).value == 2  # idle now: admitted
-        finally:
-            gate.set()
-            queue.shutdown()
-
-    anyio.run(scenario)
-
-
-def test_waiting_background_work_is_cancelled_for_a_client() -> None:
-    """The race the admission rule leaves: a background job admitted on an idle worker that another
-    job took first. The test forces it by making the counters say idle for a moment."""
+def test_background_work_is_shed_first() -> None:
+    """Background jobs run beside clients' jobs, never in their queue, and only while nobody waits."""
 
     async def scenario() -> None:
-        queue = InferenceQueue("cpu", workers=1, capacity=1)
-        first, background_started = threading.Event(), threading.Event()
-        outcomes: dict[str, Any] = {}
-
-        async def background() -> None:
-            try:
-                await queue.run(background_started.set, sheddable=True)
-                outcomes["background"] = "ran"
-            except BaseException as error:  # cancelled while waiting
-                outcomes["background"] = type(error).__name__
-
+        queue = InferenceQueue("cpu", workers=1, capacity=2)
+        background = BackgroundWorkers(queue, workers=1)
+        first, second, slow = threading.Event(), threading.Event(), threading.Event()
         try:
             async with anyio.create_task_group() as group:
-                # a sheddable job is admitted while the worker is idle, then a client job takes the worker
-                group.start_soon(queue.run, first.wait)
-                await anyio.sleep(0.05)
-                queue._running, queue._waiting = queue._running - 1, queue._waiting  # pretend idle
-                group.start_soon(background)
-                await anyio.sleep(0.05)
-                queue._running += 1
-                assert queue.waiting == 1  # the background job waits behind the busy worker
-                group.start_soon(queue.run, lambda: "client")  # full: the background job makes room
-                await anyio.sleep(0.05)
-                assert queue.waiting == 1
+                group.start_soon(queue.run, first.wait)  # a client's job runs, nobody waits
+                await anyio.to_thread.run_sync(lambda: wait_until(lambda: queue.running == 1))
+                # a worker is idle and no client waits: the background job runs now, beside it
+                assert (await background.run(lambda: "shadow")).value == "shadow"
+                group.start_soon(background.run, slow.wait)  # the background worker is now busy
+                await anyio.to_thread.run_sync(lambda: wait_until(lambda: background.running == 1))
+                with pytest.raises(BackgroundBusyError):  # every background worker busy
+                    await background.run(lambda: "more")
+                slow.set()
+                await anyio.to_thread.run_sync(lambda: wait_until(lambda: background.running == 0))
+                group.start_soon(queue.run, second.wait)  # a client's job now waits in the queue
+                await anyio.to_thread.run_sync(lambda: wait_until(lambda: queue.waiting == 1))
+                with pytest.raises(BackgroundBusyError):  # clients are waiting: shed
+                    await background.run(lambda: "shadow")
                 first.set()
+                second.set()
+            assert (await background.run(lambda: 2)).value == 2  # idle again: admitted
+            with pytest.raises(BackgroundBusyError):
+                await BackgroundWorkers(queue, workers=0).run(lambda: 3)  # background work off
         finally:
-            first.set()
+            for event in (first, second, slow):
+                event.set()
+            background.shutdown()
             queue.shutdown()
-        assert outcomes["background"] == "CancelledError"
-        assert not background_started.is_set()
 
     anyio.run(scenario)
 
