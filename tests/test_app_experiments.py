@@ -29,6 +29,7 @@ from app.feedback import (
 )
 from app.inference import InferenceQueue
 from app.main import create_app
+from app.settings import ServerSettings
 from app.shadow import reference_variant
 from app.state import AppState
 from model_store.settings import RuntimeSettings
@@ -502,3 +503,17 @@ def test_reference_is_the_most_accurate_well_evaluated_variant(tmp_path: Path) -
     assert reference_variant([*manifests, lucky], "en", runtime, min_utterances=10) == "ref"
     # ... unless nobody has more
     assert reference_variant([lucky], "en", runtime, min_utterances=10) == "lucky"
+
+
+def test_sections_read_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HUSH_EXPERIMENTS__FILE", str(tmp_path / "e.yaml"))
+    monkeypatch.setenv("HUSH_SHADOW__SAMPLE_RATE", "0.25")
+    monkeypatch.setenv("HUSH_FEEDBACK__TTL_SECONDS", "60")
+    monkeypatch.setenv("HUSH_SERVER__BACKGROUND_WORKERS", "0")
+    settings = ServerSettings()
+    assert settings.experiments.file == tmp_path / "e.yaml"
+    assert (settings.shadow.sample_rate, settings.feedback.ttl_seconds) == (0.25, 60)
+    assert settings.server.background_workers == 0
+    monkeypatch.setenv("HUSH_SHADOW__SAMPLE_RATE", "1.5")
+    with pytest.raises(ValueError, match="sample_rate"):
+        ServerSettings()
