@@ -157,6 +157,10 @@ def test_dockerfile_passes_hadolint() -> None:
     assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)  # not root
     assert re.search(r"HEALTHCHECK .*--start-period=(\d+)m", dockerfile)
     assert "/readyz" in dockerfile and "ARG TORCH_VARIANT=cpu" in dockerfile
+    entrypoint = subprocess.run(
+        ["sh", "-n", str(ROOT / "docker" / "entrypoint.sh")], capture_output=True, text=True, check=False
+    )
+    assert entrypoint.returncode == 0, entrypoint.stderr
 
 
 def test_compose_file_is_valid() -> None:
