@@ -7,7 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.experiments.registry import ExperimentRegistry
+from app.experiments.results import ExperimentTracker
+from app.feedback import RecentRequests
 from app.latency import LatencyTracker
+from app.live_cer import LiveCer
+from app.metrics import HushMetrics
 from app.pool import VariantPool
 from app.request_context import TRACE_STATE_KEY
 from app.service import RequestTrace, TranscriptionService
@@ -43,6 +48,39 @@ def get_readiness(state: StateDep) -> Readiness:
     return state.readiness
 
 
+def get_experiments(state: StateDep) -> ExperimentRegistry:
+    return state.ab.experiments
+
+
+def get_tracker(state: StateDep) -> ExperimentTracker:
+    return state.ab.tracker
+
+
+def get_recent(state: StateDep) -> RecentRequests | None:
+    return state.ab.recent
+
+
+def get_live_cer(state: StateDep) -> LiveCer:
+    return state.live_cer
+
+
+def get_metrics(state: StateDep) -> HushMetrics:
+    return state.metrics
+
+
+def get_sticky_key(
+    request: Request, settings: Annotated[ServerSettings, Depends(get_settings)]
+) -> str | None:
+    """Who the client is, for sticky A/B assignment: its client id header, else its API key."""
+    client = request.headers.get(settings.experiments.client_id_header, "").strip()
+    if client:
+        return f"client:{client}"
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return f"key:{token.strip()}"
+    return None
+
+
 def get_trace(request: Request) -> RequestTrace:
     """The request's trace, set by the request-context middleware."""
     trace = getattr(request.state, TRACE_STATE_KEY, None)
@@ -58,3 +96,9 @@ ServiceDep = Annotated[TranscriptionService, Depends(get_service)]
 LatencyDep = Annotated[LatencyTracker, Depends(get_latency)]
 ReadinessDep = Annotated[Readiness, Depends(get_readiness)]
 TraceDep = Annotated[RequestTrace, Depends(get_trace)]
+ExperimentsDep = Annotated[ExperimentRegistry, Depends(get_experiments)]
+TrackerDep = Annotated[ExperimentTracker, Depends(get_tracker)]
+RecentDep = Annotated[RecentRequests | None, Depends(get_recent)]
+LiveCerDep = Annotated[LiveCer, Depends(get_live_cer)]
+MetricsDep = Annotated[HushMetrics, Depends(get_metrics)]
+StickyKeyDep = Annotated[str | None, Depends(get_sticky_key)]

@@ -16,6 +16,10 @@ The rest of hush raises plain exceptions; this module alone decides their status
 | queue full | 429 (+ Retry-After) | queue_full |
 | no runnable variant, corrupt variant | 503 | no_variants / model_unavailable |
 | transcription too slow | 504 | timeout |
+| unknown experiment | 404 | experiment_not_found |
+| feedback for an unknown request | 404 | request_not_found |
+| feedback for a forgotten (too old) request | 410 | feedback_expired |
+| second feedback for a request | 409 | feedback_already_given |
 | anything else | 500, generic message, never a stack trace | internal_error |
 """
 
@@ -30,6 +34,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.experiments.registry import ExperimentNotFoundError
+from app.feedback import DuplicateFeedbackError, ExpiredRequestError, FeedbackError
 from app.inference import InferenceTimeoutError, QueueFullError
 from app.routing import NoRouteError, NoVariantsError
 from model_store.errors import (
@@ -121,6 +127,14 @@ def domain_error(error: Exception) -> ApiError:
         )
     if isinstance(error, InferenceTimeoutError):
         return ApiError(504, str(error), code="timeout")
+    if isinstance(error, ExperimentNotFoundError):
+        return ApiError(404, str(error), code="experiment_not_found", param="name")
+    if isinstance(error, ExpiredRequestError):
+        return ApiError(410, str(error), code="feedback_expired", param="request_id")
+    if isinstance(error, DuplicateFeedbackError):
+        return ApiError(409, str(error), code="feedback_already_given", param="request_id")
+    if isinstance(error, FeedbackError):
+        return ApiError(404, str(error), code="request_not_found", param="request_id")
     logger.error("unmapped hush error: %r", error)
     return ApiError(500, "internal server error", code="internal_error")
 
@@ -164,5 +178,12 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for domain in (HushError, NoRouteError, QueueFullError, InferenceTimeoutError):
+    for domain in (
+        HushError,
+        NoRouteError,
+        QueueFullError,
+        InferenceTimeoutError,
+        ExperimentNotFoundError,
+        FeedbackError,
+    ):
         app.add_exception_handler(domain, _domain_error)

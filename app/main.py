@@ -22,13 +22,15 @@ from app.errors import install_error_handlers
 from app.metrics import HushMetrics
 from app.pool import Opener, open_verified, watch_store
 from app.request_context import (
+    ARM_HEADER,
+    EXPERIMENT_HEADER,
     REQUEST_ID_HEADER,
     ROUTE_REASON_HEADER,
     SERVER_TIMING_HEADER,
     VARIANT_HEADER,
     RequestContextMiddleware,
 )
-from app.routers import health, models, transcriptions
+from app.routers import experiments, feedback, health, models, transcriptions
 from app.settings import ServerSettings
 from app.state import build_state, preload
 from app.upload_limit import UploadLimitMiddleware
@@ -84,6 +86,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await watching
             await loading  # a load in progress cannot be interrupted: let it finish, then unload
+            if state.ab.shadow is not None:
+                await state.ab.shadow.aclose()
             await anyio.to_thread.run_sync(state.close)
 
     app = FastAPI(
@@ -96,6 +100,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(transcriptions.router)
     app.include_router(models.router)
+    app.include_router(experiments.router)
+    app.include_router(feedback.router)
     app.include_router(health.router)
     app.router.routes.append(
         Route("/metrics", _Endpoint(make_asgi_app(registry=metrics.registry)), include_in_schema=False)
@@ -107,9 +113,16 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                REQUEST_ID_HEADER,
+                settings.experiments.client_id_header,
+            ],
             expose_headers=[
+                EXPERIMENT_HEADER,
+                ARM_HEADER,
                 REQUEST_ID_HEADER,
                 VARIANT_HEADER,
                 ROUTE_REASON_HEADER,

@@ -1,7 +1,8 @@
 """Per-request context at the edge: a request id, the routing headers, request metrics, and the 500.
 
 Every response carries ``X-Request-Id`` (the client's, when it sent a sane one), ``X-Hush-Variant``
-(the variant that served it, ``none`` when nothing was routed) and ``X-Hush-Route-Reason``; a
+(the variant that served it, ``none`` when nothing was routed) and ``X-Hush-Route-Reason`` (plus
+``X-Hush-Experiment`` and ``X-Hush-Arm`` when an A/B experiment took the request); a
 transcription also carries ``Server-Timing`` (decode, detect, queue and inference milliseconds). An
 unexpected exception is logged with the request id and answered with a generic 500 in OpenAI's
 envelope: no stack trace reaches the client.
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-Id"
 VARIANT_HEADER = "X-Hush-Variant"
 ROUTE_REASON_HEADER = "X-Hush-Route-Reason"
+EXPERIMENT_HEADER = "X-Hush-Experiment"  # only on requests an A/B experiment took
+ARM_HEADER = "X-Hush-Arm"
 SERVER_TIMING_HEADER = "Server-Timing"
 TRACE_STATE_KEY = "trace"
 NOT_ROUTED = "none"
@@ -70,6 +73,9 @@ class RequestContextMiddleware:
                 headers[REQUEST_ID_HEADER] = trace.request_id
                 headers[VARIANT_HEADER] = trace.variant or NOT_ROUTED
                 headers[ROUTE_REASON_HEADER] = trace.route_reason or "not routed"
+                if trace.experiment is not None and trace.arm is not None:
+                    headers[EXPERIMENT_HEADER] = trace.experiment
+                    headers[ARM_HEADER] = trace.arm
                 if trace.timings_ms:
                     headers[SERVER_TIMING_HEADER] = ", ".join(
                         f"{stage};dur={milliseconds:.1f}" for stage, milliseconds in trace.timings_ms.items()

@@ -41,6 +41,7 @@ class RouteReason(StrEnum):
     BEST_ACCURACY_PER_MS = "best_accuracy_per_ms"
     ONLY_CANDIDATE = "only_candidate"
     UNEVALUATED_FASTEST = "unevaluated_fastest"
+    EXPERIMENT = "experiment"  # an A/B experiment's arm (app/experiments), routed as if pinned
 
 
 @dataclass(frozen=True)

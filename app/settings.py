@@ -5,6 +5,8 @@ One object, read once by the entry point (``hush serve`` or a test) and handed t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from model_store.manifest import VARIANT_ID_PATTERN
@@ -36,6 +38,12 @@ class ServerOptions(BaseModel):
     )
     workers: int = Field(
         1, ge=1, description="Inference threads per device: requests transcribed at the same time."
+    )
+    background_workers: int = Field(
+        1,
+        ge=0,
+        description="Inference threads for background work (shadow scoring, mirror arms), beside `workers`; "
+        "background jobs start only when one is idle and no client waits, else they are shed. 0: none.",
     )
     queue_size: int = Field(
         16, ge=0, description="Requests allowed to wait per device beyond those running; more get a 429."
@@ -94,7 +102,63 @@ class ServerOptions(BaseModel):
         return value
 
 
+class ExperimentOptions(BaseModel):
+    """A/B experiments: where they are defined and how a client is recognised (``HUSH_EXPERIMENTS__...``)."""
+
+    file: Path | None = Field(
+        None,
+        description="JSON or YAML file of experiment definitions read at start; unset: none until PUT.",
+    )
+    persist: bool = Field(
+        False, description="Write PUT/DELETE changes back to `file` (leave off on a read-only volume)."
+    )
+    client_id_header: str = Field(
+        "X-Hush-Client-Id",
+        description="Header naming the client for sticky assignment; without it the API key is the key, "
+        "and without both the request id (not sticky).",
+    )
+    latency_window: int = Field(
+        10_000, ge=10, description="Latest requests per arm kept for latency percentiles and CER intervals."
+    )
+    bootstrap_resamples: int = Field(1000, ge=100, description="Resamples of the results' intervals.")
+    min_scored_requests: int = Field(
+        20, ge=1, description="Scored requests an arm needs (per source) before a verdict is given."
+    )
+
+
+class FeedbackOptions(BaseModel):
+    """What the server remembers of served requests so that `POST /v1/feedback` can score them."""
+
+    ttl_seconds: float = Field(
+        3600.0, gt=0, description="How long a request can receive feedback; later it gets a 410."
+    )
+    max_requests: int = Field(
+        10_000, ge=1, description="Most requests remembered; the oldest are forgotten first (then 410)."
+    )
+
+
+class ShadowOptions(BaseModel):
+    """Background re-transcription by the most accurate variant, to estimate live CER (shadow scoring)."""
+
+    sample_rate: float = Field(
+        0.0, ge=0, le=1, description="Fraction of served requests re-transcribed by the reference variant."
+    )
+    reference_variant: str | None = Field(
+        None, description="Reference for every language; unset: the lowest-CER variant for the language."
+    )
+    min_eval_utterances: int = Field(
+        10,
+        ge=1,
+        description="Utterances a variant's evaluation needs for the language to be chosen as reference "
+        "(a thinner one only when no variant has more).",
+    )
+    seed: int | None = Field(None, description="Seed of the sampling (tests); unset: random.")
+
+
 class ServerSettings(HushSettings):
     """hush's settings with the server's section (``HUSH_SERVER__PORT=8123``, ...)."""
 
     server: ServerOptions = Field(default_factory=ServerOptions)
+    experiments: ExperimentOptions = Field(default_factory=ExperimentOptions)
+    feedback: FeedbackOptions = Field(default_factory=FeedbackOptions)
+    shadow: ShadowOptions = Field(default_factory=ShadowOptions)

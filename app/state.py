@@ -6,14 +6,20 @@ import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from app.background import BackgroundWorkers
+from app.experiments.registry import ExperimentRegistry
+from app.experiments.results import ExperimentTracker
+from app.feedback import RecentRequests
 from app.inference import InferenceQueue
 from app.language import LanguageDetector
 from app.latency import LatencyTracker
+from app.live_cer import LiveCer
 from app.metrics import HushMetrics
 from app.pool import Opener, VariantPool, open_verified
 from app.routing import NoRouteError, RouteRequest, RoutingPolicy
-from app.service import TranscriptionService
+from app.service import ABParts, TranscriptionService
 from app.settings import AUTO_MODEL, ServerSettings
+from app.shadow import ShadowScorer
 from model_store.store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -49,11 +55,16 @@ class AppState:
     policy: RoutingPolicy
     detector: LanguageDetector
     service: TranscriptionService
+    ab: ABParts
+    live_cer: LiveCer
+    background: BackgroundWorkers
     readiness: Readiness = field(default_factory=Readiness)
 
     def close(self) -> None:
+        self.background.shutdown()
         self.queue.shutdown()
         self.pool.close()
+        self.metrics.unwatch_catalog()
 
 
 def build_state(
@@ -79,10 +90,42 @@ def build_state(
         preferred_variant=server.language_detection_variant,
         timeout_seconds=server.request_timeout_seconds,
     )
-    service = TranscriptionService(
-        server, pool=pool, queue=queue, policy=policy, latency=latency, detector=detector, metrics=metrics
+    experiments = ExperimentRegistry.from_file(
+        settings.experiments.file, persist=settings.experiments.persist
     )
-    return AppState(settings, store, metrics, pool, queue, latency, policy, detector, service)
+    for experiment in experiments.all():
+        metrics.track_arms(experiment.name, [arm.name for arm in experiment.all_arms])
+    tracker = ExperimentTracker(settings.experiments.latency_window)
+    recent = RecentRequests(
+        ttl_seconds=settings.feedback.ttl_seconds, max_requests=settings.feedback.max_requests
+    )
+    ab = ABParts(experiments=experiments, tracker=tracker, recent=recent)
+    live_cer = LiveCer(metrics, tracker)
+    background = BackgroundWorkers(queue, workers=server.background_workers)
+    service = TranscriptionService(
+        server,
+        pool=pool,
+        queue=queue,
+        policy=policy,
+        latency=latency,
+        detector=detector,
+        metrics=metrics,
+        ab=ab,
+        background=background,
+    )
+    ab.shadow = ShadowScorer(
+        settings.shadow,
+        catalog=pool.manifests,
+        runtime=settings.runtime,
+        runner=service.run_in_background,
+        live_cer=live_cer,
+        tracker=tracker,
+        metrics=metrics,
+    )
+    metrics.watch_catalog(pool.manifests)
+    return AppState(
+        settings, store, metrics, pool, queue, latency, policy, detector, service, ab, live_cer, background
+    )
 
 
 def default_variants(state: AppState) -> list[str]:

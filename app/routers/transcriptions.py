@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
-from app.deps import ServiceDep, TraceDep
+from app.deps import ServiceDep, StickyKeyDep, TraceDep
 from app.errors import ApiError
 from app.formats import Granularity, ResponseFormat, render
 from app.language import normalise_language
@@ -75,7 +75,9 @@ def audio_form(
 AudioFormDep = Annotated[AudioForm, Depends(audio_form)]
 
 
-async def _serve(form: AudioForm, task: Task, service: TranscriptionService, trace: RequestTrace) -> Response:
+async def _serve(
+    form: AudioForm, task: Task, service: TranscriptionService, trace: RequestTrace, sticky_key: str | None
+) -> Response:
     if form.granularities and form.response_format != "verbose_json":
         raise ApiError(
             400,
@@ -92,16 +94,21 @@ async def _serve(form: AudioForm, task: Task, service: TranscriptionService, tra
         prompt=form.prompt,
         temperature=form.temperature,
         word_timestamps="word" in form.granularities,
+        sticky_key=sticky_key,
     )
     served = await service.transcribe(request, trace)
     return render(served.transcription, form.response_format, task=task, granularities=form.granularities)
 
 
 @router.post("/transcriptions", summary="Transcribe audio in its language")
-async def create_transcription(form: AudioFormDep, service: ServiceDep, trace: TraceDep) -> Response:
-    return await _serve(form, "transcribe", service, trace)
+async def create_transcription(
+    form: AudioFormDep, service: ServiceDep, trace: TraceDep, sticky_key: StickyKeyDep
+) -> Response:
+    return await _serve(form, "transcribe", service, trace, sticky_key)
 
 
 @router.post("/translations", summary="Translate audio into English text")
-async def create_translation(form: AudioFormDep, service: ServiceDep, trace: TraceDep) -> Response:
-    return await _serve(form, "translate", service, trace)
+async def create_translation(
+    form: AudioFormDep, service: ServiceDep, trace: TraceDep, sticky_key: StickyKeyDep
+) -> Response:
+    return await _serve(form, "translate", service, trace, sticky_key)

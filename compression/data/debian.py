@@ -126,6 +126,11 @@ class PackageCache:
         package = DEBIAN_PACKAGES.get(name)
         if package is None:
             raise UnknownChoiceError("Debian package", name, list(DEBIAN_PACKAGES))
+        return self.unpack_deb(package)
+
+    def unpack_deb(self, package: PinnedPackage) -> Path:
+        """The unpacked root of any pinned Debian package (e.g. tools the tests need, not the corpus)."""
+        name = package.name
         target = self.root / "unpacked" / name
         if _is_unpacked(target, package.sha256):
             return target

@@ -1,0 +1,1 @@
+"""A/B experiments: definitions, sticky assignment, the registry, and per-arm results."""
