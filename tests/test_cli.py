@@ -64,3 +64,11 @@ def test_bad_audio_is_a_clear_error(tiny_store: ModelStore, tmp_path: Path) -> N
     result = hush("transcribe", str(bogus), "--model", "tiny-random", store=tiny_store.root)
     assert result.returncode == 2
     assert "audio" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_table_and_a_request_to_measure_nothing(tiny_store: ModelStore) -> None:
+    table = hush("eval", "table", "tiny-random", store=tiny_store.root)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0] == "| lang | tiny-random |"
+    nothing = hush("eval", "tiny-random", "--no-accuracy", "--no-latency", store=tiny_store.root)
+    assert nothing.returncode == 2 and "nothing to measure" in nothing.stderr

@@ -43,7 +43,19 @@ def latency_clips(corpus: Corpus, manifest: Manifest, count: int) -> list[tuple[
     return clips
 
 
-def print_report(variant_id: str, report: EvalReport, manifest: Manifest) -> None:
+def print_report(variant_id: str, report: EvalReport | None, manifest: Manifest) -> None:
+    if report is not None:
+        _print_scores(variant_id, report)
+    if manifest.latency:
+        latency = manifest.latency
+        typer.echo(
+            f"{variant_id} latency: {latency.ms_per_audio_second:.1f} ms per audio second "
+            f"(RTF {latency.real_time_factor:.3f}), peak memory {latency.peak_memory_bytes / 2**20:.0f} MiB, "
+            f"load {latency.load_seconds:.2f} s, {latency.machine.threads} threads on {latency.machine.cpu}"
+        )
+
+
+def _print_scores(variant_id: str, report: EvalReport) -> None:
     typer.echo(
         f"\n{variant_id} on {report.corpus_id} ({report.split}), corpus sha256 {report.corpus_sha256[:12]}"
     )
@@ -53,13 +65,6 @@ def print_report(variant_id: str, report: EvalReport, manifest: Manifest) -> Non
         typer.echo(
             f"{language:<5} {score.utterances:>5} {score.audio_seconds / 60:>6.1f} {score.cer:>7.3f} "
             f"[{low:>6.3f}, {high:>6.3f}] {score.wer:>7.3f} {score.cer_raw:>8.3f}"
-        )
-    if manifest.latency:
-        latency = manifest.latency
-        typer.echo(
-            f"latency: {latency.ms_per_audio_second:.1f} ms per audio second (RTF {latency.real_time_factor:.3f}), "
-            f"peak memory {latency.peak_memory_bytes / 2**20:.0f} MiB, load {latency.load_seconds:.2f} s, "
-            f"{latency.machine.threads} threads on {latency.machine.cpu}"
         )
 
 
@@ -71,6 +76,10 @@ def eval_command(
     languages: Annotated[str | None, typer.Option(help="Comma-separated languages; default all.")] = None,
     corpus: Annotated[Path | None, typer.Option(help="Corpus directory; default the one built.")] = None,
     latency: Annotated[bool, typer.Option(help="Also measure latency on this machine.")] = True,
+    accuracy: Annotated[
+        bool,
+        typer.Option(help="Transcribe the split and record CER/WER; --no-accuracy only re-measures latency."),
+    ] = True,
     per_language: Annotated[
         int | None, typer.Option(min=1, help="Only the first N utterances per language (a quick slice).")
     ] = None,
@@ -86,6 +95,8 @@ def eval_command(
     if targets[0] == "table":
         _table(store, targets[1:])
         return
+    if not accuracy and not latency:
+        raise typer.BadParameter("--no-accuracy with --no-latency leaves nothing to measure")
     job = EvalJob(
         corpus=find_corpus(settings, corpus),
         split=split or settings.eval.split,
@@ -100,7 +111,7 @@ def eval_command(
         _compare(store, targets[1], targets[2], job)
         return
     for variant_id in targets:
-        report = evaluate_variant(store, variant_id, job, settings.runtime)
+        report = evaluate_variant(store, variant_id, job, settings.runtime) if accuracy else None
         if latency:
             manifest = store.get(variant_id)
             clips = latency_clips(job.corpus, manifest, settings.eval.latency_clips)
