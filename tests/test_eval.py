@@ -3,6 +3,7 @@ comparisons that pair utterances."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,17 @@ def test_quick_slice_is_deterministic_and_labelled(store_and_job: tuple[ModelSto
     report = evaluate_variant(store, "tiny-a", quick, RuntimeSettings(device="cpu"), progress=False)
     assert report.split == "dev:first1"
     assert {score.utterances for score in report.languages.values()} == {1}
+
+
+def test_evaluating_some_languages_again_keeps_the_others(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    store, job = store_and_job
+    runtime = RuntimeSettings(device="cpu")
+    full = evaluate_variant(store, "tiny-a", job, runtime, progress=False)
+    french_only = replace(job, languages=["fr"])
+    again = evaluate_variant(store, "tiny-a", french_only, runtime, progress=False)
+    assert set(again.languages) == {"en", "fr"}
+    assert again.languages["en"] == full.languages["en"]
+    assert store.get("tiny-a").eval == again
+    sliced = evaluate_variant(store, "tiny-a", replace(job, max_per_language=1), runtime, progress=False)
+    assert sliced.split != full.split  # a slice is another measurement: it replaces, never mixes
+    assert all(score.utterances == 1 for score in sliced.languages.values())

@@ -156,11 +156,22 @@ def evaluate_variant(
         )
     finally:
         transcriber.close()
-    report = build_report(
-        list(hypotheses.values()), job.corpus, job.split_label, resamples=job.bootstrap_resamples
+    report = merged_with_previous(
+        manifest.eval,
+        build_report(
+            list(hypotheses.values()), job.corpus, job.split_label, resamples=job.bootstrap_resamples
+        ),
     )
     store.update(variant_id, eval=report)
     return report
+
+
+def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> EvalReport:
+    """``report`` plus the languages ``previous`` measured on the same corpus and split that it did
+    not: evaluating a few languages again (``--languages``) must not erase the others' figures."""
+    if previous is None or previous.corpus_sha256 != report.corpus_sha256 or previous.split != report.split:
+        return report
+    return report.model_copy(update={"languages": {**previous.languages, **report.languages}})
 
 
 @dataclass(frozen=True)
