@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from model_store.backends.experts import METHOD as EXPERTS_METHOD
 from model_store.errors import BackendUnavailableError
 from model_store.manifest import Manifest
 from model_store.settings import RuntimeSettings
@@ -34,6 +35,10 @@ def _open_transformers(
         dtype = _CUDA_DTYPES[manifest.dtype]  # a half-precision GPU variant computes in its own dtype
     else:
         dtype = _CUDA_DTYPES[runtime.cuda_dtype]
+    if manifest.recipe.method == EXPERTS_METHOD:
+        from model_store.backends.experts.transcriber import ExpertsTranscriber
+
+        return ExpertsTranscriber(manifest, directory, device=device, dtype=dtype)
     return TransformersTranscriber(manifest, directory, device=device, dtype=dtype)
 
 
