@@ -138,7 +138,10 @@ def test_losses() -> None:
     other = torch.randn(2, 5, 11)
     labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX], [IGNORE_INDEX, 4, 5, 6, 7]])
     assert float(js_divergence(logits, logits, labels)) == pytest.approx(0.0, abs=1e-6)
-    forward, backward = float(js_divergence(logits, other, labels)), float(js_divergence(other, logits, labels))
+    forward, backward = (
+        float(js_divergence(logits, other, labels)),
+        float(js_divergence(other, logits, labels)),
+    )
     assert forward == pytest.approx(backward, rel=1e-5) and 0 < forward < np.log(2)
     assert float(gate_budget([torch.full((3,), 0.5), torch.full((5,), 0.5)])) == 0.0
     assert float(gate_budget([torch.ones(4)], budget=0.5)) == pytest.approx(0.5)
@@ -162,7 +165,9 @@ def test_experts_are_stored_one_file_per_language(tmp_path: Path) -> None:
         for name, tensor in reloaded.state_for(language).items():
             torch.testing.assert_close(tensor, saved[name].half().float())  # stored in float16
         with experts.control.use(language), reloaded.control.use(language):
-            torch.testing.assert_close(logits_of(reloaded.model), logits_of(experts.model), atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(
+                logits_of(reloaded.model), logits_of(experts.model), atol=1e-3, rtol=1e-3
+            )
 
 
 class FixedEncoderOutputs:
@@ -247,4 +252,6 @@ def test_experts_variant_end_to_end(tmp_path: Path) -> None:
     assert result.language == "fr" and result.variant_id == "tiny-experts"
     assert transcriber.experts.control.tokens_seen > 0  # the French experts were routed
     detected = transcriber.transcribe(sine(1.0), TranscribeOptions(temperatures=(0.0,), max_new_tokens=2))
-    assert detected.language_probability is not None and detected.language in detected.all_language_probabilities
+    assert (
+        detected.language_probability is not None and detected.language in detected.all_language_probabilities
+    )
