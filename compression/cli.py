@@ -19,7 +19,10 @@ def register(cli: typer.Typer) -> None:
     store_group.command("bootstrap")(store_bootstrap)
     from compression.data.cli import data_app
     from compression.evaluation.cli import eval_command
+    from compression.experts.cli import experts_command
     from compression.quantize.cli import compress_app
+
+    compress_app.command("experts")(experts_command)
 
     cli.add_typer(data_app, name="data", help="Build the evaluation and training speech corpus.")
     cli.add_typer(compress_app, name="compress")

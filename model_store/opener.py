@@ -22,6 +22,7 @@ def _open_transformers(
 ) -> Transcriber:
     import torch
 
+    from model_store.backends.experts import METHOD as EXPERTS_METHOD
     from model_store.backends.quantized_loading import load_device
     from model_store.backends.transformers_backend import TransformersTranscriber
 
@@ -34,6 +35,10 @@ def _open_transformers(
         dtype = cuda_dtypes[manifest.dtype]  # a half-precision GPU variant computes in its own dtype
     else:
         dtype = cuda_dtypes[runtime.cuda_dtype]
+    if manifest.recipe.method == EXPERTS_METHOD:
+        from model_store.backends.experts.transcriber import ExpertsTranscriber
+
+        return ExpertsTranscriber(manifest, directory, device=device, dtype=dtype)
     return TransformersTranscriber(manifest, directory, device=device, dtype=dtype)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import WhisperForConditionalGeneration
 
+from model_store.backends.experts import METHOD as EXPERTS_METHOD
 from model_store.backends.quantized_loading import weights_format
 from model_store.errors import HushError
 from model_store.manifest import MANIFEST_FILENAME, Manifest
@@ -34,6 +35,11 @@ class Parent:
     @classmethod
     def from_store(cls, store: ModelStore, variant_id: str) -> Parent:
         manifest = store.verify(variant_id)
+        if manifest.recipe.method == EXPERTS_METHOD:
+            raise UnsupportedParentError(
+                f"variant {variant_id!r} carries language experts beside its weights; start from its parent "
+                f"{manifest.parent!r} instead"
+            )
         if manifest.backend != "transformers" or weights_format(manifest) != "transformers":
             raise UnsupportedParentError(
                 f"variant {variant_id!r} ({manifest.backend}, {manifest.recipe.method}) is not a float "

@@ -1,0 +1,92 @@
+"""``hush compress experts``: train language experts (or a baseline) and publish them as a variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+
+from compression.evaluation.cli import find_corpus
+from compression.experts.job import ExpertsJob, run_experts_job
+from compression.experts.students import METHODS, Method
+from compression.experts.trainer import TrainingConfig
+from model_store.backends.experts.attach import STACKS, ExpertSpec, Stack
+from model_store.backends.experts.clsr import EXPERT_KINDS
+from model_store.settings import HushSettings
+from model_store.store import ModelStore
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def experts_command(
+    base: Annotated[str, typer.Option(help="Student variant (a float transformers checkpoint).")],
+    languages: Annotated[str, typer.Option(help="Comma-separated languages to train, e.g. cs,nl.")],
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="Teacher variant for JS-divergence KD; omit to train on transcripts only."),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help=f"One of {', '.join(METHODS)} (lora and finetune are the baselines).")
+    ] = "clsr",
+    expert: Annotated[str, typer.Option(help=f"Expert kind: {', '.join(EXPERT_KINDS)}.")] = "lowrank",
+    rank: Annotated[int, typer.Option(min=1, help="Rank of a low-rank expert.")] = 16,
+    stacks: Annotated[
+        str, typer.Option(help=f"Where the experts go: {', '.join(STACKS)} (comma-separated).")
+    ] = ("decoder"),
+    steps: Annotated[
+        int, typer.Option(min=1, help="Optimiser steps (one batch of one language each).")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    per_language: Annotated[
+        int | None, typer.Option(min=1, help="Train on a seeded sample of N utterances per language.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus directory; default the one built.")] = None,
+    variant_id: Annotated[str | None, typer.Option("--id", help="Id of the new variant.")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
+) -> None:
+    """Train per-language CLSR experts of BASE (optionally distilled from TEACHER) and publish them.
+
+    Only the experts and gates train (or, for the baselines, a LoRA adapter or the whole decoder);
+    the encoder's outputs come from the shared encoder cache unless experts sit in the encoder.
+    """
+    if method not in METHODS:
+        raise typer.BadParameter(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if expert not in EXPERT_KINDS:
+        raise typer.BadParameter(f"unknown expert kind {expert!r}; choose one of: {', '.join(EXPERT_KINDS)}")
+    settings = HushSettings()
+    if settings.runtime.threads:
+        import torch
+
+        torch.set_num_threads(settings.runtime.threads)
+    try:
+        spec = ExpertSpec(kind=expert, rank=rank, stacks=cast(tuple[Stack, ...], _split(stacks)))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    job = ExpertsJob(
+        base=base,
+        languages=_split(languages),
+        method=cast(Method, method),
+        teacher=teacher,
+        spec=spec,
+        training=TrainingConfig(steps=steps, batch_size=batch_size, learning_rate=lr, seed=seed),
+        max_per_language=per_language,
+        variant_id=variant_id,
+    )
+    manifest = run_experts_job(
+        ModelStore(settings.store.root),
+        find_corpus(settings, corpus),
+        job,
+        cache_root=settings.cache_dir / "encoder",
+        replace=replace,
+        log=lambda line: typer.echo(line, err=True),
+    )
+    typer.echo(
+        f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent} for "
+        f"{', '.join(manifest.languages)}, {manifest.bytes_on_disk:,} bytes",
+        err=True,
+    )

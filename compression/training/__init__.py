@@ -1,0 +1,1 @@
+"""Training pieces shared by distillation and language experts: encoder-output cache, datasets, loop."""
