@@ -15,7 +15,7 @@ _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

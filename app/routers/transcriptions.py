@@ -34,7 +34,7 @@ class AudioForm:
     tier: SizeTier | None
 
 
-def audio_form(
+async def audio_form(
     file: Annotated[UploadFile, File(description="The audio: wav, flac, mp3, ogg, m4a, webm, ...")],
     model: Annotated[
         str | None, Form(description="`auto` (routed), `whisper-1` (the server's default) or a variant id.")
