@@ -37,6 +37,9 @@ def distill_command(
     batch_size: Annotated[int, typer.Option(help="Utterances per step.")] = 8,
     learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Seed of data sampling, init and batch order.")] = 0,
+    eval_dev: Annotated[
+        bool, typer.Option(help="Quick dev CER from cached encoder outputs at the end.")
+    ] = True,
     replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
 ) -> None:
     """Distil TEACHER into a smaller student (optionally quantized) and publish it with its recipe."""
@@ -69,6 +72,7 @@ def distill_command(
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
+        eval_dev=eval_dev,
         replace=replace,
     )
     outcome = run_distillation(settings, ModelStore(settings.store.root), plan)
@@ -80,3 +84,22 @@ def distill_command(
     )
     summary = {key: outcome.report.get(key) for key in ("sizes", "pseudo_labels", "quick_dev")}
     typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def quick_eval_command(
+    variant: Annotated[str, typer.Argument(help="A transformers variant of the store.")],
+    languages: Annotated[str, typer.Option(help="Comma-separated languages of the dev split.")],
+) -> None:
+    """Dev-split CER/WER per language from cached encoder outputs (greedy, no timestamps)."""
+    import torch
+
+    from compression.distill.pipeline import quick_eval_variant
+    from model_store.settings import HushSettings
+    from model_store.store import ModelStore
+
+    settings = HushSettings()
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    wanted = tuple(language.strip() for language in languages.split(",") if language.strip())
+    scores = quick_eval_variant(settings, ModelStore(settings.store.root), variant, wanted)
+    typer.echo(json.dumps(scores, indent=2))

@@ -34,6 +34,7 @@ from compression.distill.losses import (
     layer_distances,
     matched_distance,
 )
+from compression.distill.teacher_memo import TeacherMemo
 from compression.training.dataset import Batch
 from compression.training.loop import LossTerms
 
@@ -114,6 +115,7 @@ class DistillObjective:
         teacher: WhisperForConditionalGeneration | None = None,
         adapter: FeatureAdapter | None = None,
         static_matching: Sequence[int] | None = None,
+        memo: TeacherMemo | None = None,
     ) -> None:
         if config.needs_teacher and teacher is None:
             raise ValueError("this loss needs a teacher")
@@ -126,6 +128,7 @@ class DistillObjective:
         self.adapter = adapter
         self.config = config
         self.static_matching = list(static_matching or [])
+        self.memo = memo
         self.matches: Counter[tuple[int, ...]] = Counter()  # how often each matching was chosen
         if teacher is not None:
             teacher.eval()
@@ -165,3 +168,34 @@ class DistillObjective:
                 loss = loss + config.hidden * hidden
                 parts["hidden"] = float(hidden.item())
         return LossTerms(loss, parts, batch.target_tokens)
+
+    def _teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits and per-layer FFN features for the batch, from the memo where it has them."""
+        assert self.teacher is not None
+        teacher_hidden = batch.teacher_hidden if batch.teacher_hidden is not None else batch.encoder_hidden
+        if self.memo is None:
+            with torch.no_grad(), ffn_features(self.teacher) as features:
+                logits = logits_of(self.teacher, teacher_hidden, batch.decoder_input_ids)
+            return logits, list(features)
+        lengths = [int(row.nonzero().max().item()) + 1 for row in batch.mask]
+        rows = [batch.decoder_input_ids[i, : lengths[i]].tolist() for i in range(len(lengths))]
+        found = [self.memo.get(uid, ids) for uid, ids in zip(batch.utterance_ids, rows, strict=True)]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            with torch.no_grad(), ffn_features(self.teacher) as features:
+                logits = logits_of(self.teacher, teacher_hidden[missing], batch.decoder_input_ids[missing])
+            stacked = torch.stack(list(features), dim=1)  # (rows, layers, length, ffn)
+            for position, i in enumerate(missing):
+                computed = (logits[position, : lengths[i]], stacked[position, :, : lengths[i]])
+                self.memo.put(batch.utterance_ids[i], rows[i], *computed)
+                found[i] = computed
+        width = batch.decoder_input_ids.shape[1]
+        all_logits = torch.zeros(len(rows), width, self.teacher.config.vocab_size)
+        layers = self.teacher.config.decoder_layers
+        all_features = torch.zeros(len(rows), layers, width, self.teacher.config.decoder_ffn_dim)
+        for i, entry in enumerate(found):
+            assert entry is not None
+            all_logits[i, : lengths[i]] = entry[0].float()
+            all_features[i, :, : lengths[i]] = entry[1].float()
+        device = batch.decoder_input_ids.device
+        return all_logits.to(device), [all_features[:, layer].to(device) for layer in range(layers)]

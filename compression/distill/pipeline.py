@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from compression.distill.plan import DistillPlan
 from compression.distill.pseudo_labels import filter_labels, label_file, pseudo_label
 from compression.distill.quick_eval import quick_eval
 from compression.distill.students import Student, pretrained_student, shrink_student
+from compression.distill.teacher_memo import TeacherMemo
 from compression.quantize.parent import Parent
 from compression.training.dataset import CachedBatches, Example
 from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
@@ -59,10 +61,11 @@ def _load_teacher(
     return model, tokenizer, generation
 
 
-def build_student(plan: DistillPlan, teacher: WhisperForConditionalGeneration) -> Student:
+def build_student(plan: DistillPlan, teacher: WhisperForConditionalGeneration, store: ModelStore) -> Student:
     if plan.student_path is not None:
+        source = store.path(plan.student_path) if store.exists(plan.student_path) else Path(plan.student_path)
         model = WhisperForConditionalGeneration.from_pretrained(
-            plan.student_path, torch_dtype=torch.float32, local_files_only=True
+            source, torch_dtype=torch.float32, local_files_only=True
         )
         return pretrained_student(teacher, model)
     layers = plan.decoder_layers or teacher.config.decoder_layers
@@ -94,6 +97,7 @@ def run_distillation(
     parent = Parent.from_store(store, plan.teacher)
     teacher, tokenizer, generation = _load_teacher(parent)
     tokens = special_tokens(tokenizer, multilingual=parent.manifest.multilingual)
+    teacher_fingerprint = encoder_fingerprint(teacher)  # the whole model's weights
     run_dir = settings.runs_dir / "distill" / plan.variant_id
     run_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"plan": asdict(plan), "corpus": corpus.id, "corpus_sha256": corpus.sha256}
@@ -103,7 +107,7 @@ def run_distillation(
     dev_set = select_utterances(corpus, "dev", plan.languages, None, seed=plan.seed)
     teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
     teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
-    student = build_student(plan, teacher)
+    student = build_student(plan, teacher, store)
     student_cache = teacher_cache
     if not student.shares_encoder:
         student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
@@ -117,7 +121,7 @@ def run_distillation(
             teacher_cache,
             corpus.id,
             train_set,
-            label_file(settings.cache_dir / "pseudo", encoder_fingerprint(teacher), corpus.id),
+            label_file(settings.cache_dir / "pseudo", teacher_fingerprint, corpus.id),
             progress=progress,
         )
         kept, label_report = filter_labels(
@@ -149,9 +153,16 @@ def run_distillation(
     if plan.guided_average_bits is not None:
         calibration = [batches.batch(step) for step in range(min(4, batches.batches_per_epoch))]
         sens = sensitivity(model, calibration, (4, 8), plan.granularity)
-        bits = choose_bits(sens, linear_sizes(model), plan.guided_average_bits, (4, 8))
+        sizes = linear_sizes(model)
+        bits = choose_bits(sens, sizes, plan.guided_average_bits, (4, 8))
         specs = {name: QuantSpec(bits[name], plan.granularity) for name in bits}
-        report["guided"] = {"sensitivity": sens, "bits": bits, "average_bits": plan.guided_average_bits}
+        achieved = sum(sizes[name] * bits[name] for name in bits) / sum(sizes.values())
+        report["guided"] = {
+            "sensitivity": sens,
+            "bits": bits,
+            "budget_average_bits": plan.guided_average_bits,
+            "average_bits": round(achieved, 4),
+        }
     elif plan.qad_bits is not None:
         specs = {name: QuantSpec(plan.qad_bits, plan.granularity) for name, _ in decoder_linears(model)}
     if specs:
@@ -162,8 +173,9 @@ def run_distillation(
     adapter = None
     if config.hidden > 0:
         adapter = FeatureAdapter(teacher.config.decoder_ffn_dim, model.config.decoder_ffn_dim)
+    memo = TeacherMemo(settings.cache_dir / "teacher", teacher_fingerprint) if config.needs_teacher else None
     objective = DistillObjective(
-        model, config, teacher, adapter, _static_matching(student, teacher.config.decoder_layers)
+        model, config, teacher, adapter, _static_matching(student, teacher.config.decoder_layers), memo
     )
     if plan.steps > 0:
         freeze_for_training(model, plan.train_embeddings)
@@ -260,3 +272,27 @@ def _newest_corpus(settings: HushSettings) -> Corpus:
     if found is None:
         raise FileNotFoundError(f"no built corpus under {settings.corpus_root}; run `hush data build` first")
     return Corpus.open(found)
+
+
+def quick_eval_variant(
+    settings: HushSettings,
+    store: ModelStore,
+    variant_id: str,
+    languages: tuple[str, ...],
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Quick dev CER of any transformers variant of the store, from cached encoder outputs."""
+    corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
+    manifest = store.verify(variant_id)
+    directory = store.path(variant_id)
+    model = load_model(manifest, directory, torch.device("cpu"), torch.float32)
+    tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
+    generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
+    tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
+    dev_set = select_utterances(corpus, "dev", languages, None)
+    cache = EncoderCache(settings.cache_dir / "encoder", model.model.encoder)
+    cache.fill(corpus.id, dev_set, progress=progress)
+    decoder = CachedGreedyDecoder(model, tokenizer, tokens, generation)
+    scores = quick_eval(decoder, cache, corpus.id, dev_set, progress=progress)
+    return {language: asdict(score) for language, score in scores.items()}
