@@ -29,6 +29,7 @@ from compression.distill.students import (
     pretrained_student,
     shrink_student,
 )
+from compression.distill.teacher_memo import TeacherMemo
 from compression.training.dataset import CachedBatches, Example
 from compression.training.encoder_cache import EncoderCache
 from compression.training.loop import TrainingOptions, train
@@ -292,3 +293,20 @@ def test_interrupted_training_resumes_to_the_same_weights(
     )
     for key, value in trainable["student"].state_dict().items():
         torch.testing.assert_close(value, expected[key])
+
+
+def test_teacher_memo_gives_the_teachers_own_outputs(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration
+) -> None:
+    objective, batches, _ = training_setup(tmp_path, teacher, "dq-whisper")
+    batch = batches.batch(0)
+    with torch.no_grad():
+        direct = objective(batch)
+        objective.memo = TeacherMemo(tmp_path / "memo", "t")
+        computed = objective(batch)  # fills the memo
+        assert len(list((tmp_path / "memo" / "t").glob("*.safetensors"))) == len(batch.utterance_ids)
+        objective.teacher = None  # a memo hit must not need the teacher
+        reused = objective(batch)
+    for terms in (computed, reused):
+        assert float(terms.loss) == pytest.approx(float(direct.loss), rel=1e-3)
+        assert terms.parts["kl"] == pytest.approx(direct.parts["kl"], rel=2e-2, abs=1e-4)

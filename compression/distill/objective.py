@@ -144,12 +144,7 @@ class DistillObjective:
         loss = config.ce * ce
         parts["ce"] = float(ce.item())
         if config.needs_teacher:
-            assert self.teacher is not None
-            teacher_hidden = (
-                batch.teacher_hidden if batch.teacher_hidden is not None else batch.encoder_hidden
-            )
-            with torch.no_grad(), ffn_features(self.teacher) as teacher_features:
-                teacher_logits = logits_of(self.teacher, teacher_hidden, batch.decoder_input_ids)
+            teacher_logits, teacher_features = self._teacher_outputs(batch)
             if config.kl > 0:
                 kl = kl_divergence(student_logits, teacher_logits, mask, config.temperature)
                 loss = loss + config.kl * kl
@@ -171,9 +166,9 @@ class DistillObjective:
 
     def _teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Teacher logits and per-layer FFN features for the batch, from the memo where it has them."""
-        assert self.teacher is not None
         teacher_hidden = batch.teacher_hidden if batch.teacher_hidden is not None else batch.encoder_hidden
         if self.memo is None:
+            assert self.teacher is not None
             with torch.no_grad(), ffn_features(self.teacher) as features:
                 logits = logits_of(self.teacher, teacher_hidden, batch.decoder_input_ids)
             return logits, list(features)
@@ -182,6 +177,7 @@ class DistillObjective:
         found = [self.memo.get(uid, ids) for uid, ids in zip(batch.utterance_ids, rows, strict=True)]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
+            assert self.teacher is not None, "a memo miss needs the teacher"
             with torch.no_grad(), ffn_features(self.teacher) as features:
                 logits = logits_of(self.teacher, teacher_hidden[missing], batch.decoder_input_ids[missing])
             stacked = torch.stack(list(features), dim=1)  # (rows, layers, length, ffn)
@@ -189,12 +185,13 @@ class DistillObjective:
                 computed = (logits[position, : lengths[i]], stacked[position, :, : lengths[i]])
                 self.memo.put(batch.utterance_ids[i], rows[i], *computed)
                 found[i] = computed
+        entries = [entry for entry in found if entry is not None]
+        assert len(entries) == len(found)
         width = batch.decoder_input_ids.shape[1]
-        all_logits = torch.zeros(len(rows), width, self.teacher.config.vocab_size)
-        layers = self.teacher.config.decoder_layers
-        all_features = torch.zeros(len(rows), layers, width, self.teacher.config.decoder_ffn_dim)
-        for i, entry in enumerate(found):
-            assert entry is not None
+        layers, _, ffn = entries[0][1].shape
+        all_logits = torch.zeros(len(rows), width, entries[0][0].shape[-1])
+        all_features = torch.zeros(len(rows), layers, width, ffn)
+        for i, entry in enumerate(entries):
             all_logits[i, : lengths[i]] = entry[0].float()
             all_features[i, :, : lengths[i]] = entry[1].float()
         device = batch.decoder_input_ids.device
