@@ -25,6 +25,10 @@ def register(cli: typer.Typer) -> None:
     compress_app.command("experts")(experts_command)
 
     cli.add_typer(data_app, name="data", help="Build the evaluation and training speech corpus.")
+    from compression.distill.cli import distill_command, quick_eval_command
+
+    compress_app.command("distill")(distill_command)
+    compress_app.command("quick-eval")(quick_eval_command)
     cli.add_typer(compress_app, name="compress")
     cli.command("eval")(eval_command)
 

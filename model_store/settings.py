@@ -58,6 +58,20 @@ class EvalSettings(BaseModel):
     )
 
 
+class DistillSettings(BaseModel):
+    """Distillation data choices (``hush compress distill``)."""
+
+    default_wer_threshold: float = Field(
+        0.1,
+        ge=0,
+        description="Drop a teacher pseudo-label whose normalised WER against the gold text is above this.",
+    )
+    wer_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-language thresholds overriding the default, e.g. HUSH_DISTILL__WER_THRESHOLDS='{\"cs\": 0.3}'.",
+    )
+
+
 class HushSettings(BaseSettings):
     """hush's settings. Each field can be set as ``HUSH_<SECTION>__<FIELD>``, e.g. ``HUSH_STORE__ROOT``."""
 
@@ -69,6 +83,7 @@ class HushSettings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    distill: DistillSettings = Field(default_factory=DistillSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("home")
@@ -85,6 +100,11 @@ class HushSettings(BaseSettings):
     def corpus_root(self) -> Path:
         """Where ``hush data build`` writes corpora."""
         return self.home / "corpus"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Training runs (checkpoints, logs, reports), one directory per variant id."""
+        return self.home / "runs"
 
     @property
     def eval_dir(self) -> Path:

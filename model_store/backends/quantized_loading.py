@@ -7,7 +7,9 @@ fall back on the recipe's method):
 * ``torch-dynamic-int8``: int8 Linear weights with per-channel scales (see :mod:`.int8_dynamic`),
   run by PyTorch's dynamic int8 kernels, which exist on the CPU only;
 * ``bitsandbytes``: a checkpoint serialized by transformers with its bitsandbytes quantization config
-  (LLM.int8 or NF4 weights), rebuilt by ``from_pretrained`` on the requested device.
+  (LLM.int8 or NF4 weights), rebuilt by ``from_pretrained`` on the requested device;
+* ``hush-lowbit``: weight-only int8 / packed int4 codes with float scales per Linear (see
+  :mod:`.lowbit`; quantization-aware distillation and guided mixed precision), dequantized at load.
 
 Keying on the storage format rather than the method lets later methods (quantization-aware
 distillation, guided selection) that export the same int8 format reuse this loader.
@@ -27,7 +29,7 @@ from model_store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
-WeightsFormat = Literal["transformers", "torch-dynamic-int8", "bitsandbytes"]
+WeightsFormat = Literal["transformers", "torch-dynamic-int8", "bitsandbytes", "hush-lowbit"]
 WEIGHTS_FORMATS: tuple[str, ...] = get_args(WeightsFormat)
 _FORMAT_OF_METHOD: dict[str, WeightsFormat] = {
     "ptq-int8": "torch-dynamic-int8",
@@ -64,6 +66,10 @@ def load_model(
         return load_int8(directory, dtype)
     if storage == "bitsandbytes":
         return _load_bitsandbytes(directory, device, dtype)
+    if storage == "hush-lowbit":
+        from model_store.backends.lowbit import load_lowbit
+
+        return load_lowbit(directory, dtype, device)
     model = WhisperForConditionalGeneration.from_pretrained(
         directory, torch_dtype=dtype, local_files_only=True
     )

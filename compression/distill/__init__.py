@@ -1,0 +1,1 @@
+"""Distillation: shrink-and-distil students, DQ-Whisper matching, quantization-aware and guided compression."""

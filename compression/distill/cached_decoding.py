@@ -1,0 +1,64 @@
+"""Greedy decoding from cached encoder outputs, with the serving decoder's logit rules.
+
+Pseudo-labelling the train split and the quick dev evaluation of students both decode one 30 s window
+per utterance whose encoder output is already in an :class:`~compression.training.encoder_cache.EncoderCache`:
+they skip the encoder (the expensive part on a CPU) and reuse hush's own window decoder
+(:class:`model_store.backends.transformers_backend.TransformersWindowDecoder`), language given, no
+timestamps, temperature 0, so the text is what ``hush eval`` would produce for a clip under 30 s
+(without its temperature fallback, which evaluation disables too).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
+
+from model_store.backends.transformers_backend import TransformersWindowDecoder
+from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
+
+MAX_NEW_TOKENS = MAX_TARGET_LENGTH // 2  # OpenAI Whisper's sample_len
+REPETITION_LIMIT = 2.4  # stop a looping window early, as hush eval does (gzip compression ratio)
+
+
+class CachedGreedyDecoder:
+    """Greedy text of a model from a cached ``(frames, d_model)`` encoder output."""
+
+    def __init__(
+        self,
+        model: WhisperForConditionalGeneration,
+        tokenizer: WhisperTokenizer,
+        tokens: SpecialTokens,
+        generation: GenerationConfig,
+        device: torch.device | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.device = device or torch.device("cpu")
+        dtype = next(model.parameters()).dtype
+        self._decoder = TransformersWindowDecoder(model, tokenizer, tokens, generation, self.device, dtype)
+        self._dtype = dtype
+
+    def prompt(self, language: str) -> list[int]:
+        return [
+            self.tokens.sot,
+            self.tokens.languages[language],
+            self.tokens.transcribe,
+            self.tokens.no_timestamps,
+        ]
+
+    def token_ids(self, hidden: torch.Tensor, language: str) -> list[int]:
+        encoded = hidden.unsqueeze(0).to(self.device, self._dtype)
+        tokens, _, _ = self._decoder.decode(
+            encoded,
+            self.prompt(language),
+            temperature=0.0,
+            max_new_tokens=MAX_NEW_TOKENS,
+            with_timestamps=False,
+            repetition_limit=REPETITION_LIMIT,
+        )
+        return tokens
+
+    def text(self, hidden: torch.Tensor, language: str) -> str:
+        return self._decoder.text(self.token_ids(hidden, language)).strip()
+
+    def text_tokens(self, text: str) -> list[int]:
+        return self._decoder.text_tokens(text)

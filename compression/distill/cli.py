@@ -1,0 +1,105 @@
+"""``hush compress distill TEACHER --id ID --languages ..``: train and publish a student."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from compression.distill.objective import LOSS_PRESETS
+from compression.distill.plan import DistillPlan
+
+
+def distill_command(
+    teacher: Annotated[str, typer.Argument(help="A float transformers variant of the store (the teacher).")],
+    variant_id: Annotated[str, typer.Option("--id", help="Id of the published student.")],
+    languages: Annotated[str, typer.Option(help="Comma-separated languages to train on, e.g. cs,nl,es,ru.")],
+    per_language: Annotated[int, typer.Option(help="Train utterances per language (0: all).")] = 100,
+    decoder_layers: Annotated[
+        int, typer.Option(help="Decoder layers kept (maximally spaced); 0: all (teacher adaptation).")
+    ] = 2,
+    encoder_layers: Annotated[int, typer.Option(help="Encoder layers kept; 0: all (frozen, shared).")] = 0,
+    student: Annotated[
+        str | None, typer.Option(help="A smaller pretrained Whisper directory as the student.")
+    ] = None,
+    preset: Annotated[str, typer.Option(help=f"Loss preset: {', '.join(LOSS_PRESETS)}.")] = "distil-whisper",
+    matching: Annotated[str | None, typer.Option(help="Hidden-state matching: static or dynamic.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Override the preset's temperature.")] = None,
+    labels: Annotated[str, typer.Option(help="pseudo (teacher, WER-filtered) or gold.")] = "pseudo",
+    qad_bits: Annotated[int | None, typer.Option(help="Quantization-aware training at 4 or 8 bits.")] = None,
+    ptq_bits: Annotated[int | None, typer.Option(help="Quantize after training only (4 or 8 bits).")] = None,
+    guided_bits: Annotated[
+        float | None, typer.Option(help="Guided mixed precision (4/8) at this average bits per weight.")
+    ] = None,
+    granularity: Annotated[str, typer.Option(help="per-channel or per-tensor scales.")] = "per-channel",
+    steps: Annotated[int, typer.Option(help="Optimizer steps (0: publish the student at init).")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Utterances per step.")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Seed of data sampling, init and batch order.")] = 0,
+    eval_dev: Annotated[
+        bool, typer.Option(help="Quick dev CER from cached encoder outputs at the end.")
+    ] = True,
+    replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
+) -> None:
+    """Distil TEACHER into a smaller student (optionally quantized) and publish it with its recipe."""
+    import torch
+
+    from compression.distill.pipeline import run_distillation
+    from model_store.settings import HushSettings
+    from model_store.store import ModelStore
+
+    settings = HushSettings()
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    plan = DistillPlan(
+        teacher=teacher,
+        variant_id=variant_id,
+        languages=tuple(language.strip() for language in languages.split(",") if language.strip()),
+        per_language=per_language or None,
+        decoder_layers=decoder_layers or None,
+        encoder_layers=encoder_layers or None,
+        student_path=student,
+        preset=preset,
+        matching=matching,  # type: ignore[arg-type]  # checked by LossConfig
+        temperature=temperature,
+        labels=labels,  # type: ignore[arg-type]
+        qad_bits=qad_bits,
+        ptq_bits=ptq_bits,
+        guided_average_bits=guided_bits,
+        granularity=granularity,  # type: ignore[arg-type]
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        eval_dev=eval_dev,
+        replace=replace,
+    )
+    outcome = run_distillation(settings, ModelStore(settings.store.root), plan)
+    manifest = outcome.manifest
+    typer.echo(
+        f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent}, {manifest.parameters:,} "
+        f"parameters, {manifest.bytes_on_disk:,} bytes",
+        err=True,
+    )
+    summary = {key: outcome.report.get(key) for key in ("sizes", "pseudo_labels", "quick_dev")}
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def quick_eval_command(
+    variant: Annotated[str, typer.Argument(help="A transformers variant of the store.")],
+    languages: Annotated[str, typer.Option(help="Comma-separated languages of the dev split.")],
+) -> None:
+    """Dev-split CER/WER per language from cached encoder outputs (greedy, no timestamps)."""
+    import torch
+
+    from compression.distill.pipeline import quick_eval_variant
+    from model_store.settings import HushSettings
+    from model_store.store import ModelStore
+
+    settings = HushSettings()
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    wanted = tuple(language.strip() for language in languages.split(",") if language.strip())
+    scores = quick_eval_variant(settings, ModelStore(settings.store.root), variant, wanted)
+    typer.echo(json.dumps(scores, indent=2))

@@ -1,0 +1,116 @@
+"""Weight-only fake quantization with a straight-through estimator, for quantization-aware distillation.
+
+Symmetric, zero point 0: ``scale = max|W| / qmax`` (per tensor, or per output channel), clamped to at
+least :data:`MIN_SCALE` so an all-zero row does not divide by zero, and ``q = clamp(round(W / scale),
+-qmax, qmax)`` with ``qmax = 2^(bits-1) - 1`` (127 at 8 bits, 7 at 4 bits). DQ-Whisper's code took
+``W.max()`` instead of ``max|W|`` and did not clamp; both are fixed here. The forward pass uses
+``q * scale``; the backward pass lets the gradient through unchanged (straight-through).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Granularity = Literal["per-tensor", "per-channel"]
+MIN_SCALE = 1e-8
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one Linear's weight is quantized."""
+
+    bits: int  # 4 or 8 (16 means: kept in float16)
+    granularity: Granularity = "per-channel"
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8, 16):
+            raise ValueError(f"bits must be 4, 8 or 16, not {self.bits}")
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+
+def quant_scale(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Scales of shape ``(out, 1)`` (per channel) or ``(1, 1)`` (per tensor)."""
+    magnitude = weight.detach().abs()
+    peak = (
+        magnitude.amax(dim=1, keepdim=True)
+        if spec.granularity == "per-channel"
+        else magnitude.amax().view(1, 1)
+    )
+    return (peak / spec.qmax).clamp(min=MIN_SCALE)
+
+
+def quantize(weight: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes (int8 tensor, values within +-qmax) and their scales."""
+    scale = quant_scale(weight, spec)
+    codes = torch.clamp(torch.round(weight.detach() / scale), -spec.qmax, spec.qmax).to(torch.int8)
+    return codes, scale
+
+
+def fake_quantize(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``q * scale`` in the forward pass, identity gradient in the backward pass."""
+    if spec.bits == 16:
+        return weight
+    codes, scale = quantize(weight, spec)
+    dequantized = codes.to(weight.dtype) * scale.to(weight.dtype)
+    return weight + (dequantized - weight).detach()
+
+
+class FakeQuantLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward pass uses its fake-quantized weight (same state-dict keys)."""
+
+    spec: QuantSpec
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear, spec: QuantSpec) -> FakeQuantLinear:
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = linear.in_features, linear.out_features
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        layer.spec = spec
+        return layer
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(inputs, fake_quantize(self.weight, self.spec), self.bias)
+
+
+def decoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+    """The decoder layers' Linears (attention projections, fc1, fc2): what QAD quantizes.
+
+    Embeddings (and the tied output projection), layer norms and the encoder stay float.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and ".decoder.layers." in f".{name}":
+            yield name, module
+
+
+def apply_fake_quant(model: nn.Module, specs: dict[str, QuantSpec]) -> None:
+    """Replace each named Linear with a :class:`FakeQuantLinear` of its spec (in place)."""
+    for name, spec in specs.items():
+        module = model.get_submodule(name)
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{name} is a {type(module).__name__}, not a Linear")
+        linear = module
+        if isinstance(linear, FakeQuantLinear):
+            linear.spec = spec
+        else:
+            model.set_submodule(name, FakeQuantLinear.wrap(linear, spec))
+
+
+def remove_fake_quant(model: nn.Module) -> None:
+    """Turn every :class:`FakeQuantLinear` back into a plain ``nn.Linear`` with the same float weight."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FakeQuantLinear):
+            plain = nn.Linear(
+                module.in_features, module.out_features, bias=module.bias is not None, device="meta"
+            )
+            plain.weight, plain.bias = module.weight, module.bias
+            model.set_submodule(name, plain)

@@ -1,0 +1,101 @@
+"""Guided mixed precision: per decoder Linear, measure quantization sensitivity, choose bits under a budget.
+
+Sensitivity of a Linear at ``b`` bits is the relative output error on calibration data,
+``||X Q_b(W)^T - X W^T||^2 / ||X W^T||^2``, with ``X`` the Linear's real inputs on calibration batches
+(teacher-forced, cached encoder outputs). :func:`choose_bits` starts every Linear at the lowest
+precision and repeatedly upgrades the Linear with the largest error reduction per extra byte while
+the total stays within the budget (average bits per decoder Linear weight), a greedy knapsack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from transformers import WhisperForConditionalGeneration
+
+from compression.distill.fake_quant import Granularity, QuantSpec, decoder_linears, fake_quantize
+from compression.distill.objective import logits_of
+from compression.training.dataset import Batch
+
+Sensitivity = dict[str, dict[int, float]]
+
+
+@torch.no_grad()
+def sensitivity(
+    model: WhisperForConditionalGeneration,
+    batches: Iterable[Batch],
+    bits: Sequence[int] = (4, 8),
+    granularity: Granularity = "per-channel",
+) -> Sensitivity:
+    """Relative output error of each decoder Linear at each of ``bits`` on ``batches``."""
+    linears = dict(decoder_linears(model))
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
+
+    def capture(name: str) -> object:
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            inputs[name].append(args[0].detach().flatten(0, -2))
+
+        return hook
+
+    handles = [linear.register_forward_pre_hook(capture(name)) for name, linear in linears.items()]  # type: ignore[arg-type]
+    try:
+        for batch in batches:
+            logits_of(model, batch.encoder_hidden, batch.decoder_input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    result: Sensitivity = {}
+    for name, linear in linears.items():
+        x = torch.cat(inputs[name])
+        reference = x @ linear.weight.T
+        energy = float((reference**2).sum().item()) or 1.0
+        result[name] = {
+            b: float(
+                ((x @ fake_quantize(linear.weight, QuantSpec(b, granularity)).T - reference) ** 2)
+                .sum()
+                .item()
+            )
+            / energy
+            for b in bits
+        }
+    return result
+
+
+def choose_bits(
+    sensitivities: Sensitivity, sizes: dict[str, int], average_bits: float, choices: Sequence[int] = (4, 8)
+) -> dict[str, int]:
+    """Bits per Linear with ``sum(size * bits) <= average_bits * sum(size)``, greedy on error per byte."""
+    levels = sorted(choices)
+    budget = average_bits * sum(sizes.values())
+    chosen = dict.fromkeys(sensitivities, levels[0])
+    used = sum(sizes[name] * levels[0] for name in chosen)
+    if used > budget:
+        raise ValueError(f"a budget of {average_bits} bits is below the lowest choice, {levels[0]}")
+
+    def error(name: str, bits: int) -> float:
+        return 0.0 if bits >= 16 else sensitivities[name][bits]
+
+    while True:
+        best: tuple[float, str, int] | None = None
+        for name, bits in chosen.items():
+            higher = [level for level in levels if level > bits]
+            if not higher:
+                continue
+            step = higher[0]
+            extra = sizes[name] * (step - bits)
+            if used + extra > budget:
+                continue
+            gain = (error(name, bits) - error(name, step)) / extra
+            if best is None or gain > best[0]:
+                best = (gain, name, step)
+        if best is None:
+            return chosen
+        _, name, step = best
+        used += sizes[name] * (step - chosen[name])
+        chosen[name] = step
+
+
+def linear_sizes(model: WhisperForConditionalGeneration) -> dict[str, int]:
+    return {name: linear.weight.numel() for name, linear in decoder_linears(model)}

@@ -1,0 +1,298 @@
+"""``hush compress distill``: data, student, training, quantization, export and publishing, in order.
+
+1. the teacher (a float transformers variant) and the corpus's train utterances of the languages;
+2. encoder outputs cached once (the teacher's; the student's too when its encoder differs);
+3. labels: gold, or the teacher's greedy pseudo-labels filtered by WER (threshold per language);
+4. the student: shrunk teacher (maximally spaced decoder layers) or a smaller pretrained Whisper;
+5. guided precision (if asked): per-Linear sensitivity at 4/8 bits, bits chosen under the budget;
+6. training (decoder only, encoder frozen) with the loss preset, fake quantization for QAD/guided;
+7. export (float16 or low-bit codes) and publishing with the full recipe; a quick dev CER.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
+
+from compression.data.corpus import Corpus
+from compression.distill.cached_decoding import CachedGreedyDecoder
+from compression.distill.export import dq_rule_bytes, parameter_count, weight_bytes, write_student
+from compression.distill.fake_quant import QuantSpec, apply_fake_quant, decoder_linears
+from compression.distill.guided import choose_bits, linear_sizes, sensitivity
+from compression.distill.losses import FeatureAdapter
+from compression.distill.objective import DistillObjective, loss_config
+from compression.distill.plan import DistillPlan
+from compression.distill.pseudo_labels import filter_labels, label_file, pseudo_label
+from compression.distill.quick_eval import quick_eval
+from compression.distill.students import Student, pretrained_student, shrink_student
+from compression.distill.teacher_memo import TeacherMemo
+from compression.quantize.parent import Parent
+from compression.training.dataset import CachedBatches, Example
+from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
+from compression.training.loop import TrainingOptions, train
+from compression.training.selection import select_utterances
+from model_store.backends.quantized_loading import load_model
+from model_store.manifest import Manifest, Recipe, size_tier_for
+from model_store.settings import HushSettings
+from model_store.store import ModelStore
+from model_store.whisper_tokens import special_tokens
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillOutcome:
+    manifest: Manifest
+    report: dict[str, Any]
+
+
+def _load_teacher(
+    parent: Parent,
+) -> tuple[WhisperForConditionalGeneration, WhisperTokenizer, GenerationConfig]:
+    model = parent.load_float(torch.float32)
+    tokenizer = WhisperTokenizer.from_pretrained(parent.directory, local_files_only=True)
+    generation = GenerationConfig.from_pretrained(parent.directory, local_files_only=True)
+    return model, tokenizer, generation
+
+
+def build_student(plan: DistillPlan, teacher: WhisperForConditionalGeneration, store: ModelStore) -> Student:
+    if plan.student_path is not None:
+        source = store.path(plan.student_path) if store.exists(plan.student_path) else Path(plan.student_path)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            source, torch_dtype=torch.float32, local_files_only=True
+        )
+        return pretrained_student(teacher, model)
+    layers = plan.decoder_layers or teacher.config.decoder_layers
+    return shrink_student(teacher, layers, plan.encoder_layers)
+
+
+def freeze_for_training(student: WhisperForConditionalGeneration, train_embeddings: bool) -> None:
+    student.requires_grad_(False)
+    decoder = student.model.decoder
+    decoder.layers.requires_grad_(True)
+    decoder.layer_norm.requires_grad_(True)
+    if train_embeddings:
+        decoder.embed_tokens.requires_grad_(True)
+
+
+def _static_matching(student: Student, teacher_layers: int) -> list[int]:
+    if student.decoder_layers_from is not None:
+        return list(student.decoder_layers_from)
+    count = student.model.config.decoder_layers  # DQ-Whisper's static rule i -> 2i+1, capped
+    return [min(2 * index + 1, teacher_layers - 1) for index in range(count)]
+
+
+def run_distillation(
+    settings: HushSettings, store: ModelStore, plan: DistillPlan, *, progress: bool = True
+) -> DistillOutcome:
+    """Run ``plan`` end to end and publish its student; returns the manifest and the run report."""
+    torch.manual_seed(plan.seed)
+    corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
+    parent = Parent.from_store(store, plan.teacher)
+    teacher, tokenizer, generation = _load_teacher(parent)
+    tokens = special_tokens(tokenizer, multilingual=parent.manifest.multilingual)
+    teacher_fingerprint = encoder_fingerprint(teacher)  # the whole model's weights
+    run_dir = settings.runs_dir / "distill" / plan.variant_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"plan": asdict(plan), "corpus": corpus.id, "corpus_sha256": corpus.sha256}
+
+    # 1-2: data and encoder caches
+    train_set = select_utterances(corpus, "train", plan.languages, plan.per_language, seed=plan.seed)
+    dev_set = select_utterances(corpus, "dev", plan.languages, None, seed=plan.seed)
+    teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
+    teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
+    student = build_student(plan, teacher, store)
+    student_cache = teacher_cache
+    if not student.shares_encoder:
+        student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
+        student_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
+
+    # 3: labels
+    decoder = CachedGreedyDecoder(teacher, tokenizer, tokens, generation)
+    if plan.labels == "pseudo":
+        labels = pseudo_label(
+            decoder,
+            teacher_cache,
+            corpus.id,
+            train_set,
+            label_file(settings.cache_dir / "pseudo", teacher_fingerprint, corpus.id),
+            progress=progress,
+        )
+        kept, label_report = filter_labels(
+            labels, settings.distill.wer_thresholds, settings.distill.default_wer_threshold
+        )
+        report["pseudo_labels"] = label_report.as_dict()
+        texts = {label.id: label.text for label in kept}
+    else:
+        texts = {utterance.id: utterance.text for utterance in train_set}
+    by_id = {utterance.id: utterance for utterance in train_set}
+    examples = [
+        Example(uid, by_id[uid].language, tuple(decoder.text_tokens(" " + text.strip())))
+        for uid, text in sorted(texts.items())
+    ]
+    report["train_utterances"] = len(examples)
+
+    # 4-5: student and precision
+    model = student.model
+    specs: dict[str, QuantSpec] = {}
+    batches = CachedBatches(
+        examples,
+        student_cache,
+        corpus.id,
+        tokens,
+        plan.batch_size,
+        plan.seed,
+        teacher_cache=None if student.shares_encoder else teacher_cache,
+    )
+    if plan.guided_average_bits is not None:
+        calibration = [batches.batch(step) for step in range(min(4, batches.batches_per_epoch))]
+        sens = sensitivity(model, calibration, (4, 8), plan.granularity)
+        sizes = linear_sizes(model)
+        bits = choose_bits(sens, sizes, plan.guided_average_bits, (4, 8))
+        specs = {name: QuantSpec(bits[name], plan.granularity) for name in bits}
+        achieved = sum(sizes[name] * bits[name] for name in bits) / sum(sizes.values())
+        report["guided"] = {
+            "sensitivity": sens,
+            "bits": bits,
+            "budget_average_bits": plan.guided_average_bits,
+            "average_bits": round(achieved, 4),
+        }
+    elif plan.qad_bits is not None:
+        specs = {name: QuantSpec(plan.qad_bits, plan.granularity) for name, _ in decoder_linears(model)}
+    if specs:
+        apply_fake_quant(model, specs)  # QAD: train through the quantizer (guided is QAD at mixed bits)
+
+    # 6: training
+    config = loss_config(plan.preset, matching=plan.matching, temperature=plan.temperature)
+    adapter = None
+    if config.hidden > 0:
+        adapter = FeatureAdapter(teacher.config.decoder_ffn_dim, model.config.decoder_ffn_dim)
+    memo = TeacherMemo(settings.cache_dir / "teacher", teacher_fingerprint) if config.needs_teacher else None
+    objective = DistillObjective(
+        model, config, teacher, adapter, _static_matching(student, teacher.config.decoder_layers), memo
+    )
+    if plan.steps > 0:
+        freeze_for_training(model, plan.train_embeddings)
+        trainable: dict[str, torch.nn.Module] = {"student": model}
+        if adapter is not None:
+            trainable["adapter"] = adapter
+        options = TrainingOptions(
+            steps=plan.steps, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
+        )
+        result = train(objective, batches, trainable, options, run_dir, progress=progress)
+        report["training"] = {
+            "steps": result.steps,
+            "resumed_from": result.resumed_from,
+            "first_loss": result.first_loss,
+            "last_loss": result.last_loss,
+            "seconds": round(result.seconds, 1),
+            "loss_config": asdict(config),
+            "matchings": {",".join(map(str, k)): v for k, v in objective.matches.items()},
+        }
+        if adapter is not None:
+            torch.save(adapter.state_dict(), run_dir / "adapter.pt")  # DQ-Whisper's code dropped these
+    model.eval()
+    if plan.ptq_bits is not None:
+        specs = {name: QuantSpec(plan.ptq_bits, plan.granularity) for name, _ in decoder_linears(model)}
+
+    # 7: export and publish
+    manifest = _publish(store, plan, parent, model, specs, report)
+    if plan.eval_dev:
+        published = load_model(manifest, store.path(manifest.id), torch.device("cpu"), torch.float32)
+        scores = quick_eval(
+            CachedGreedyDecoder(published, tokenizer, tokens, generation),
+            student_cache,
+            corpus.id,
+            dev_set,
+            progress=progress,
+        )
+        report["quick_dev"] = {language: asdict(score) for language, score in scores.items()}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return DistillOutcome(manifest, report)
+
+
+def _publish(
+    store: ModelStore,
+    plan: DistillPlan,
+    parent: Parent,
+    model: WhisperForConditionalGeneration,
+    specs: dict[str, QuantSpec],
+    report: dict[str, Any],
+) -> Manifest:
+    parameters = parameter_count(model)
+    teacher_parameters = parent.manifest.parameters
+    with store.publish(plan.variant_id, replace=plan.replace) as staging:
+        args = write_student(model, staging.directory, specs)
+        parent.copy_assets(staging.directory)
+        sizes = {
+            "bytes_real": weight_bytes(staging.directory),
+            "bytes_dq_rule": dq_rule_bytes(model, specs),
+            "teacher_bytes_dq_rule": teacher_parameters * 2,
+            "teacher_bytes_real": parent.manifest.bytes_on_disk,
+        }
+        report["sizes"] = sizes
+        recipe_args: dict[str, Any] = {
+            **args,
+            "plan": {k: v for k, v in asdict(plan).items() if k not in ("replace", "eval_dev")},
+            "teacher_weights_sha256": parent.weights_digest(),
+            "sizes": sizes,
+            **{k: report[k] for k in ("corpus", "corpus_sha256", "train_utterances") if k in report},
+        }
+        for key in ("pseudo_labels", "training", "guided"):
+            if key in report:
+                recipe_args[key] = report[key]
+        dtype = (
+            "float16"
+            if args["weights_format"] == "transformers"
+            else "int" + "/".join(map(str, args["bits"]))
+        )
+        return staging.commit(
+            parent=plan.teacher,
+            recipe=Recipe(method=plan.method, args=recipe_args),
+            backend="transformers",
+            device="cpu",
+            dtype=dtype,
+            parameters=parameters,
+            size_tier=size_tier_for(parameters),
+            multilingual=parent.manifest.multilingual,
+            languages=tuple(sorted(plan.languages)),
+        )
+
+
+def _newest_corpus(settings: HushSettings) -> Corpus:
+    from compression.data.corpus import newest_corpus
+
+    found = newest_corpus(settings.corpus_root)
+    if found is None:
+        raise FileNotFoundError(f"no built corpus under {settings.corpus_root}; run `hush data build` first")
+    return Corpus.open(found)
+
+
+def quick_eval_variant(
+    settings: HushSettings,
+    store: ModelStore,
+    variant_id: str,
+    languages: tuple[str, ...],
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Quick dev CER of any transformers variant of the store, from cached encoder outputs."""
+    corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
+    manifest = store.verify(variant_id)
+    directory = store.path(variant_id)
+    model = load_model(manifest, directory, torch.device("cpu"), torch.float32)
+    tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
+    generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
+    tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
+    dev_set = select_utterances(corpus, "dev", languages, None)
+    cache = EncoderCache(settings.cache_dir / "encoder", model.model.encoder)
+    cache.fill(corpus.id, dev_set, progress=progress)
+    decoder = CachedGreedyDecoder(model, tokenizer, tokens, generation)
+    scores = quick_eval(decoder, cache, corpus.id, dev_set, progress=progress)
+    return {language: asdict(score) for language, score in scores.items()}

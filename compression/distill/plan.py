@@ -1,0 +1,62 @@
+"""What one ``hush compress distill`` run does: a frozen description of its choices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from compression.distill.fake_quant import Granularity
+from compression.distill.objective import Matching
+
+Labels = Literal["pseudo", "gold"]
+
+
+@dataclass(frozen=True)
+class DistillPlan:
+    """One run: teacher, student, data, loss, quantization, training length, and what to publish."""
+
+    teacher: str  # variant id of a float transformers teacher in the store
+    variant_id: str  # id of the published student
+    languages: tuple[str, ...]  # trained (and quickly evaluated) languages
+    per_language: int | None = 100  # training utterances per language (None: the whole train split)
+    decoder_layers: int | None = 2  # shrink: decoder layers kept; None: all (teacher adaptation)
+    encoder_layers: int | None = None  # shrink the encoder too (needs its own encoder cache)
+    student_path: str | None = None  # a smaller pretrained Whisper (transformers directory) as student
+    preset: str = "distil-whisper"  # loss preset: ce, distil-whisper, dq-whisper
+    matching: Matching | None = None  # override the preset's matching
+    temperature: float | None = None  # override the preset's temperature
+    labels: Labels = "pseudo"  # CE targets (and teacher-forced inputs): teacher pseudo-labels or gold
+    qad_bits: int | None = None  # fake-quantize decoder Linears during training (4 or 8)
+    ptq_bits: int | None = None  # quantize decoder Linears after training only (the PTQ control)
+    granularity: Granularity = "per-channel"
+    guided_average_bits: float | None = None  # guided mixed precision (4/8 bits) at this average
+    train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
+    steps: int = 200
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    seed: int = 0
+    eval_dev: bool = True  # quick dev CER from cached encoder outputs after publishing
+    replace: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.qad_bits, self.ptq_bits, self.guided_average_bits)) > 1:
+            raise ValueError("choose one of --qad-bits, --ptq-bits and --guided-bits")
+        for bits in (self.qad_bits, self.ptq_bits):
+            if bits is not None and bits not in (4, 8):
+                raise ValueError(f"quantization bits must be 4 or 8, not {bits}")
+        if self.student_path is not None and self.decoder_layers is not None:
+            object.__setattr__(self, "decoder_layers", None)
+
+    @property
+    def method(self) -> str:
+        """The recipe method recorded in the manifest."""
+        if self.guided_average_bits is not None:
+            return "guided"
+        if self.qad_bits is not None:
+            return "qad"
+        if self.ptq_bits is not None:
+            return "distill-ptq"
+        if self.decoder_layers is None and self.student_path is None:
+            return "adapt"
+        return "distill"

@@ -1,0 +1,38 @@
+"""Choosing the training utterances of a corpus split: a seeded sample per language."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from compression.data.corpus import Corpus, Utterance
+
+
+def select_utterances(
+    corpus: Corpus,
+    split: str,
+    languages: Sequence[str],
+    per_language: int | None,
+    *,
+    seed: int = 0,
+    max_seconds: float = 30.0,
+) -> list[Utterance]:
+    """Up to ``per_language`` utterances of each language (all when None), sampled with ``seed``.
+
+    Utterances longer than one 30 s window are left out (the frozen-encoder recipes see one window).
+    The result is sorted by id, so the same arguments always give the same list, and a smaller
+    ``per_language`` gives a subset of a larger one (a prefix of one seeded shuffle per language).
+    """
+    unknown = sorted(set(languages) - set(corpus.languages))
+    if unknown:
+        raise ValueError(
+            f"corpus {corpus.id} has no {', '.join(unknown)}; it has: {', '.join(corpus.languages)}"
+        )
+    chosen: list[Utterance] = []
+    for language in languages:
+        pool = [
+            u for u in corpus.utterances(split, [language]) if u.duration <= max_seconds and u.text.strip()
+        ]
+        random.Random(f"{seed}:{language}").shuffle(pool)
+        chosen.extend(pool if per_language is None else pool[:per_language])
+    return sorted(chosen, key=lambda utterance: utterance.id)

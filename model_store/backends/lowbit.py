@@ -1,0 +1,118 @@
+"""Weight-only low-bit Whisper checkpoints: int8 or packed int4 codes with float scales, per Linear.
+
+What quantization-aware distillation and guided mixed precision export (``weights_format``
+``hush-lowbit``). The file ``model.lowbit.safetensors``, beside the checkpoint's ``config.json``:
+
+* for each quantized Linear ``<name>``: ``<name>.codes`` (8 bits: int8 ``(out, in)``; 4 bits: uint8
+  ``(out, ceil(in / 2))``, two codes per byte, low nibble first, each stored as ``code + 8``) and
+  ``<name>.scale`` float32, ``(out, 1)`` per channel or ``(1, 1)`` per tensor; ``w = code * scale``;
+* every other tensor (embeddings, layer norms, the encoder, Linears kept at 16 bits) in float16;
+  the output projection tied to the token embedding is stored once, as the embedding;
+* the safetensors metadata ``layers``: JSON ``{name: [bits, granularity]}``.
+
+Loading dequantizes the codes into ordinary float Linears, so the reloaded model computes exactly
+what the fake-quantized model computed in training (weight-only quantization: the saving is on disk
+and in transfer; compute runs in float).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+LOWBIT_WEIGHTS_FILENAME = "model.lowbit.safetensors"
+FORMAT_NAME = "hush-lowbit"
+FORMAT_VERSION = "1"
+FLOAT_STORAGE = torch.float16
+_NIBBLE_OFFSET = 8  # int4 codes -7..7 stored as 1..15 in a nibble
+_TIED = ("proj_out.weight", "model.decoder.embed_tokens.weight")
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """``(out, in)`` int8 codes in -8..7 to ``(out, ceil(in / 2))`` uint8, low nibble first."""
+    shifted = (codes.to(torch.int16) + _NIBBLE_OFFSET).to(torch.uint8)
+    if shifted.shape[1] % 2:
+        shifted = nn.functional.pad(shifted, (0, 1), value=_NIBBLE_OFFSET)
+    return (shifted[:, 0::2] | (shifted[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor, columns: int) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: int8 codes ``(out, columns)``."""
+    low = (packed & 0x0F).to(torch.int16) - _NIBBLE_OFFSET
+    high = (packed >> 4).to(torch.int16) - _NIBBLE_OFFSET
+    return torch.stack([low, high], dim=-1).flatten(1)[:, :columns].to(torch.int8)
+
+
+def save_lowbit(
+    model: WhisperForConditionalGeneration,
+    directory: Path,
+    quantized: dict[str, tuple[torch.Tensor, torch.Tensor, int, str]],
+) -> Path:
+    """Write ``model`` with the Linears of ``quantized`` (name -> codes, scale, bits, granularity)."""
+    state: dict[str, torch.Tensor] = {}
+    layers: dict[str, list[object]] = {}
+    tied = model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
+    for name, tensor in model.state_dict().items():
+        module_name, _, kind = name.rpartition(".")
+        if module_name in quantized and kind == "weight":
+            codes, scale, bits, granularity = quantized[module_name]
+            state[f"{module_name}.codes"] = (
+                pack_int4(codes) if bits == 4 else codes.to(torch.int8).contiguous()
+            )
+            state[f"{module_name}.scale"] = scale.float().contiguous()
+            layers[module_name] = [bits, granularity]
+        elif name == _TIED[0] and tied:
+            continue
+        else:
+            state[name] = tensor.detach().to(FLOAT_STORAGE).contiguous()
+    model.config.save_pretrained(directory)
+    path = directory / LOWBIT_WEIGHTS_FILENAME
+    metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "layers": json.dumps(layers)}
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def load_lowbit(
+    directory: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> WhisperForConditionalGeneration:
+    """The model saved by :func:`save_lowbit`, with its codes dequantized into float Linears."""
+    path = directory / LOWBIT_WEIGHTS_FILENAME
+    metadata = _metadata(path)
+    if metadata.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not a {FORMAT_NAME} file (format {metadata.get('format')!r})")
+    layers: dict[str, list[object]] = json.loads(metadata["layers"])
+    state = load_file(str(path))
+    config = WhisperConfig.from_pretrained(directory, local_files_only=True)
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    floats: dict[str, torch.Tensor] = {}
+    for name, (bits, _granularity) in layers.items():
+        codes = state.pop(f"{name}.codes")
+        scale = state.pop(f"{name}.scale")
+        linear = model.get_submodule(name)
+        assert isinstance(linear, nn.Linear), f"{name} names a Linear"
+        if bits == 4:
+            codes = unpack_int4(codes, linear.in_features)
+        floats[f"{name}.weight"] = codes.to(torch.float32) * scale
+    floats.update(state)
+    if _TIED[0] not in floats:
+        floats[_TIED[0]] = floats[_TIED[1]]
+    model.load_state_dict({k: v.to(dtype) for k, v in floats.items()}, strict=True, assign=True)
+    model.tie_weights()
+    logger.debug("loaded %d low-bit Linears from %s", len(layers), directory)
+    return model.to(device).eval()  # type: ignore[arg-type]

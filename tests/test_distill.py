@@ -1,0 +1,312 @@
+"""Distillation on tiny random Whispers: students, matching, fake quantization, export, training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import WhisperForConditionalGeneration
+
+from compression.distill.export import quantized_tensors
+from compression.distill.fake_quant import (
+    QuantSpec,
+    apply_fake_quant,
+    decoder_linears,
+    fake_quantize,
+    quantize,
+    remove_fake_quant,
+)
+from compression.distill.guided import choose_bits
+from compression.distill.losses import FeatureAdapter, dynamic_matching, layer_distances
+from compression.distill.objective import DistillObjective, ffn_features, logits_of, loss_config
+from compression.distill.pipeline import freeze_for_training
+from compression.distill.students import (
+    IncompatibleStudentError,
+    maximally_spaced,
+    pretrained_student,
+    shrink_student,
+)
+from compression.distill.teacher_memo import TeacherMemo
+from compression.training.dataset import CachedBatches, Example
+from compression.training.encoder_cache import EncoderCache
+from compression.training.loop import TrainingOptions, train
+from model_store.backends.lowbit import (
+    LOWBIT_WEIGHTS_FILENAME,
+    load_lowbit,
+    pack_int4,
+    save_lowbit,
+    unpack_int4,
+)
+from model_store.transcription import Audio
+from model_store.whisper_tokens import special_tokens
+from tests.conftest import sine
+from tests.factories import tiny_random_whisper
+
+
+@pytest.fixture(scope="module")
+def teacher() -> WhisperForConditionalGeneration:
+    return tiny_random_whisper(seed=1, layers=4).model
+
+
+def features(batch: int = 2, frames: int = 1500, width: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, frames, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_maximally_spaced_layers() -> None:
+    assert maximally_spaced(6, 2) == (0, 5)
+    assert maximally_spaced(12, 4) == (0, 4, 7, 11)
+    assert maximally_spaced(32, 2) == (0, 31)
+    assert maximally_spaced(4, 4) == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="cannot keep 5 of 4"):
+        maximally_spaced(4, 5)
+
+
+def test_shrunk_student_equals_teacher_on_copied_layers(teacher: WhisperForConditionalGeneration) -> None:
+    student = shrink_student(teacher, 2)
+    assert student.decoder_layers_from == (0, 3) and student.shares_encoder
+    assert student.model.config.decoder_layers == 2 and len(student.model.model.decoder.layers) == 2
+    for position, source in enumerate(student.decoder_layers_from):
+        mine = student.model.model.decoder.layers[position].state_dict()
+        theirs = teacher.model.decoder.layers[source].state_dict()
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[key], theirs[key]) for key in mine)
+    assert torch.equal(
+        student.model.model.decoder.embed_tokens.weight, teacher.model.decoder.embed_tokens.weight
+    )
+    assert (
+        student.model.proj_out.weight.data_ptr() == student.model.model.decoder.embed_tokens.weight.data_ptr()
+    )
+    hidden = features()
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440]] * 2)
+    with torch.no_grad():  # the first copied layer computes exactly what the teacher's layer 0 computes
+        torch.testing.assert_close(
+            student.model.model.decoder.layers[0](
+                teacher.model.decoder.embed_tokens(ids), encoder_hidden_states=hidden
+            ),
+            teacher.model.decoder.layers[0](
+                teacher.model.decoder.embed_tokens(ids), encoder_hidden_states=hidden
+            ),
+        )
+        logits_of(student.model, hidden, ids)  # runs end to end with the renumbered cache indices
+
+
+def test_pretrained_student_must_share_the_tokenizer(teacher: WhisperForConditionalGeneration) -> None:
+    smaller = tiny_random_whisper(seed=2, d_model=32, layers=1).model
+    student = pretrained_student(teacher, smaller)
+    assert not student.shares_encoder and student.decoder_layers_from is None
+    smaller.config.vocab_size = 1000
+    with pytest.raises(IncompatibleStudentError, match="vocab_size"):
+        pretrained_student(teacher, smaller)
+
+
+def test_dynamic_matching_is_the_monotone_greedy_argmin() -> None:
+    distances = torch.tensor(
+        [
+            [0.9, 0.2, 0.5, 0.8, 0.7, 0.6],  # argmin 1
+            [0.1, 0.9, 0.9, 0.3, 0.9, 0.9],  # global argmin 0 is before 1: monotone choice is 3
+            [0.9, 0.9, 0.9, 0.9, 0.9, 0.4],  # 5
+        ]
+    )
+    assert dynamic_matching(distances) == [1, 3, 5]
+    same = torch.tensor([[0.5, 0.1, 0.9], [0.9, 0.2, 0.3]])
+    assert dynamic_matching(same) == [1, 1]  # "at or after" the previous match
+
+
+def test_layer_distances_find_the_copied_layer(teacher: WhisperForConditionalGeneration) -> None:
+    student = shrink_student(teacher, 2)
+    hidden = features()
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 2]] * 2)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad(), ffn_features(student.model) as mine, ffn_features(teacher) as theirs:
+        logits_of(student.model, hidden, ids)
+        logits_of(teacher, hidden, ids)
+        distances = layer_distances(mine, theirs, FeatureAdapter(256, 256), mask)
+    assert distances.shape == (2, 4)
+    assert distances[0, 0].item() == pytest.approx(0.0, abs=1e-6)  # layer 0 copied: identical features
+    assert dynamic_matching(distances)[0] == 0
+
+
+def test_fake_quant_round_trip_and_straight_through_gradient() -> None:
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    weight[3] = 0.0  # an all-zero row: the clamped scale keeps it finite
+    for bits, granularity in [(8, "per-channel"), (8, "per-tensor"), (4, "per-channel"), (4, "per-tensor")]:
+        spec = QuantSpec(bits, granularity)  # type: ignore[arg-type]
+        codes, scale = quantize(weight, spec)
+        assert codes.abs().max().item() <= spec.qmax and torch.isfinite(scale).all()
+        assert scale.shape == ((16, 1) if granularity == "per-channel" else (1, 1))
+        error = (fake_quantize(weight, spec) - weight).abs()
+        assert (error <= scale / 2 + 1e-7).all()  # round to nearest: at most half a step
+        torch.testing.assert_close(
+            fake_quantize(fake_quantize(weight, spec), spec), fake_quantize(weight, spec)
+        )
+    # abs-max, not max: a matrix whose largest magnitude is negative keeps it exactly
+    negative = torch.tensor([[-4.0, 1.0, 2.0]])
+    torch.testing.assert_close(fake_quantize(negative, QuantSpec(8)), negative, atol=4 / 127, rtol=0)
+    assert fake_quantize(negative, QuantSpec(8))[0, 0].item() == pytest.approx(-4.0)
+    leaf = weight.clone().requires_grad_(True)
+    upstream = torch.randn_like(leaf)
+    (fake_quantize(leaf, QuantSpec(4)) * upstream).sum().backward()
+    assert leaf.grad is not None and torch.equal(leaf.grad, upstream)  # straight through
+
+
+def test_int4_packing_round_trip() -> None:
+    codes = torch.randint(-7, 8, (5, 9), generator=torch.Generator().manual_seed(0), dtype=torch.int8)
+    packed = pack_int4(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 5)
+    assert torch.equal(unpack_int4(packed, 9), codes)
+
+
+@pytest.mark.parametrize(("bits", "granularity"), [(8, "per-channel"), (4, "per-tensor"), (4, "per-channel")])
+def test_exported_low_bit_weights_reload_to_the_fake_quant_outputs(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration, bits: int, granularity: str
+) -> None:
+    model = shrink_student(teacher, 2).model.half().float()  # float16-exact, as stored
+    specs = {name: QuantSpec(bits, granularity) for name, _ in decoder_linears(model)}  # type: ignore[arg-type]
+    apply_fake_quant(model, specs)
+    hidden = features().half().float()
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029]] * 2)
+    with torch.no_grad():
+        expected = logits_of(model, hidden, ids)
+    remove_fake_quant(model)
+    with torch.no_grad():
+        assert not torch.allclose(logits_of(model, hidden, ids), expected)  # quantization changed something
+    save_lowbit(model, tmp_path, quantized_tensors(model, specs))
+    reloaded = load_lowbit(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(reloaded, hidden, ids), expected, atol=1e-5, rtol=1e-5)
+    stored = load_file(str(tmp_path / LOWBIT_WEIGHTS_FILENAME))
+    code_bytes = sum(t.numel() * t.element_size() for name, t in stored.items() if name.endswith(".codes"))
+    linear_weights = sum(linear.weight.numel() for _, linear in decoder_linears(model))
+    assert code_bytes == linear_weights * bits // 8  # real low-bit bytes, not floats
+    assert not any(
+        name.endswith(".weight") and ".decoder.layers." in name and "norm" not in name for name in stored
+    )
+
+
+def test_guided_choice_upgrades_the_most_sensitive_layers_within_budget() -> None:
+    sens = {"a": {4: 0.5, 8: 0.01}, "b": {4: 0.01, 8: 0.001}, "c": {4: 0.2, 8: 0.002}}
+    sizes = {"a": 100, "b": 100, "c": 100}
+    assert choose_bits(sens, sizes, 4.0) == {"a": 4, "b": 4, "c": 4}
+    assert choose_bits(sens, sizes, 6.0) == {"a": 8, "b": 4, "c": 4}
+    assert choose_bits(sens, sizes, 7.0) == {"a": 8, "b": 4, "c": 8}
+    with pytest.raises(ValueError, match="below the lowest"):
+        choose_bits(sens, sizes, 3.0)
+
+
+@dataclass(frozen=True)
+class Tone:
+    id: str
+    language: str
+    frequency: float
+
+    def load_audio(self) -> Audio:
+        return sine(1.0, self.frequency)
+
+
+def training_setup(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration, preset: str, **overrides: object
+) -> tuple[DistillObjective, CachedBatches, dict[str, torch.nn.Module]]:
+    imported = tiny_random_whisper(seed=1, layers=4)
+    tokens = special_tokens(imported.tokenizer, multilingual=True)
+    utterances = [Tone(f"u{index}", "en" if index % 2 else "cs", 200.0 + 90 * index) for index in range(8)]
+    cache = EncoderCache(tmp_path / "cache", teacher.model.encoder)
+    cache.fill("c", utterances, progress=False)
+    examples = [
+        Example(
+            u.id, u.language, tuple(imported.tokenizer.encode(f" tone {index}", add_special_tokens=False))
+        )
+        for index, u in enumerate(utterances)
+    ]
+    torch.manual_seed(0)
+    student = shrink_student(teacher, 2)
+    freeze_for_training(student.model, train_embeddings=True)
+    config = loss_config(preset, **overrides)
+    adapter = FeatureAdapter(256, 256) if config.hidden else None
+    objective = DistillObjective(student.model, config, teacher, adapter, student.decoder_layers_from)
+    trainable: dict[str, torch.nn.Module] = {"student": student.model}
+    if adapter is not None:
+        trainable["adapter"] = adapter
+    return objective, CachedBatches(examples, cache, "c", tokens, 4, seed=0), trainable
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [("distil-whisper", {}), ("dq-whisper", {}), ("dq-whisper", {"matching": "static"})],
+)
+def test_ten_steps_lower_the_loss(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration, preset: str, overrides: dict[str, object]
+) -> None:
+    objective, batches, trainable = training_setup(tmp_path, teacher, preset, **overrides)
+    with torch.no_grad():
+        before = sum(float(objective(batches.batch(step)).loss) for step in range(2))
+    options = TrainingOptions(steps=10, learning_rate=1e-2, warmup_steps=1, checkpoint_every=5)
+    result = train(objective, batches, trainable, options, tmp_path / "run", progress=False)
+    with torch.no_grad():
+        after = sum(float(objective(batches.batch(step)).loss) for step in range(2))
+    assert result.steps == 10 and after < 0.9 * before
+    if preset == "dq-whisper":
+        assert set(result.history[-1]) >= {"ce", "kl", "hidden"}
+        assert sum(objective.matches.values()) == 10
+
+
+def test_qad_training_runs_through_the_quantizer(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration
+) -> None:
+    objective, batches, trainable = training_setup(tmp_path, teacher, "distil-whisper")
+    model = objective.student
+    apply_fake_quant(model, {name: QuantSpec(4, "per-channel") for name, _ in decoder_linears(model)})
+    with torch.no_grad():
+        before = float(objective(batches.batch(0)).loss)
+    train(
+        objective,
+        batches,
+        trainable,
+        TrainingOptions(steps=10, learning_rate=3e-3, warmup_steps=1),
+        tmp_path / "r",
+        progress=False,
+    )
+    with torch.no_grad():
+        assert float(objective(batches.batch(0)).loss) < before
+
+
+def test_interrupted_training_resumes_to_the_same_weights(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration
+) -> None:
+    options = TrainingOptions(steps=6, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2)
+    objective, batches, trainable = training_setup(tmp_path / "a", teacher, "distil-whisper")
+    straight = train(objective, batches, trainable, options, tmp_path / "a" / "run", progress=False)
+    expected = {k: v.clone() for k, v in trainable["student"].state_dict().items()}
+
+    objective, batches, trainable = training_setup(tmp_path / "b", teacher, "distil-whisper")
+    first = train(
+        objective, batches, trainable, options, tmp_path / "b" / "run", progress=False, stop_after=3
+    )
+    assert first.steps == 3
+    objective, batches, trainable = training_setup(tmp_path / "b", teacher, "distil-whisper")  # a new process
+    resumed = train(objective, batches, trainable, options, tmp_path / "b" / "run", progress=False)
+    assert resumed.resumed_from == 3 and resumed.steps == 6
+    assert [r["loss"] for r in resumed.history] == pytest.approx(
+        [r["loss"] for r in straight.history], rel=1e-5
+    )
+    for key, value in trainable["student"].state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+
+
+def test_teacher_memo_gives_the_teachers_own_outputs(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration
+) -> None:
+    objective, batches, _ = training_setup(tmp_path, teacher, "dq-whisper")
+    batch = batches.batch(0)
+    with torch.no_grad():
+        direct = objective(batch)
+        objective.memo = TeacherMemo(tmp_path / "memo", "t")
+        computed = objective(batch)  # fills the memo
+        assert len(list((tmp_path / "memo" / "t").glob("*.safetensors"))) == len(batch.utterance_ids)
+        objective.teacher = None  # a memo hit must not need the teacher
+        reused = objective(batch)
+    for terms in (computed, reused):
+        assert float(terms.loss) == pytest.approx(float(direct.loss), rel=1e-3)
+        assert terms.parts["kl"] == pytest.approx(direct.parts["kl"], rel=2e-2, abs=1e-4)

@@ -1,0 +1,100 @@
+"""`hush compress distill` end to end on a tiny random teacher and a tiny corpus: publish, reopen, run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compression.data.audio_io import write_flac
+from compression.data.corpus import Record, write_index
+from compression.distill.pipeline import run_distillation
+from compression.distill.plan import DistillPlan
+from model_store.backends.quantized_loading import weights_format
+from model_store.opener import open_variant
+from model_store.settings import HushSettings, RuntimeSettings
+from model_store.store import ModelStore
+from model_store.transcription import TranscribeOptions
+from tests.conftest import sine
+from tests.factories import publish_tiny_variant
+
+
+def tiny_corpus(directory: Path) -> Path:
+    records = []
+    for language in ("en", "cs"):
+        for number, split in enumerate(("train", "train", "train", "train", "dev")):
+            path = f"audio/{language}/t/{language}{number}.flac"
+            samples = (sine(1.0, 200 + 70 * number) * 32767).astype(np.int16)
+            write_flac(directory / path, samples)
+            text = f"tone number {number}"
+            records.append(
+                Record(f"{language}-{number}", path, language, text, 1.0, "t", "s", split, True, "CC0")
+            )
+    write_index(directory, "tiny-corpus", records, {"made": "by a test"})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[HushSettings, ModelStore]:
+    home = tmp_path_factory.mktemp("home")
+    corpus = tiny_corpus(home / "corpus" / "tiny-corpus")
+    store = ModelStore(home / "store")
+    publish_tiny_variant(store, "teacher")
+    settings = HushSettings(home=home, store={"root": home / "store"}, eval={"corpus": corpus})  # type: ignore[arg-type]
+    return settings, store
+
+
+def test_qad_student_is_published_with_its_recipe_and_runs(setup: tuple[HushSettings, ModelStore]) -> None:
+    settings, store = setup
+    plan = DistillPlan(
+        teacher="teacher",
+        variant_id="student-qad4",
+        languages=("en", "cs"),
+        decoder_layers=1,
+        preset="dq-whisper",
+        labels="gold",
+        qad_bits=4,
+        steps=2,
+        batch_size=2,
+    )
+    outcome = run_distillation(settings, store, plan, progress=False)
+    manifest = store.verify("student-qad4")
+    assert manifest.parent == "teacher" and manifest.recipe.method == "qad"
+    assert weights_format(manifest) == "hush-lowbit" and manifest.dtype == "int4"
+    assert manifest.languages == ("cs", "en")
+    args = manifest.recipe.args
+    assert args["plan"]["preset"] == "dq-whisper" and args["training"]["steps"] == 2
+    assert args["sizes"]["bytes_dq_rule"] < args["sizes"]["teacher_bytes_dq_rule"]
+    assert set(outcome.report["quick_dev"]) == {"cs", "en"}
+    assert (settings.runs_dir / "distill" / "student-qad4" / "adapter.pt").is_file()
+    transcriber = open_variant(store, "student-qad4", RuntimeSettings(device="cpu"))
+    result = transcriber.transcribe(sine(1.0), TranscribeOptions(language="en", temperatures=(0.0,)))
+    assert isinstance(result.text, str)
+
+
+def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStore]) -> None:
+    settings, store = setup
+    settings = settings.model_copy(
+        update={"distill": settings.distill.model_copy(update={"default_wer_threshold": 100.0})}
+    )
+    plan = DistillPlan(
+        teacher="teacher",
+        variant_id="student-guided",
+        languages=("en", "cs"),
+        decoder_layers=1,
+        preset="distil-whisper",
+        labels="pseudo",
+        guided_average_bits=6.0,
+        steps=1,
+        batch_size=2,
+        eval_dev=False,
+    )
+    outcome = run_distillation(settings, store, plan, progress=False)
+    manifest = store.get("student-guided")
+    report = outcome.report
+    assert report["pseudo_labels"]["total"] == {"cs": 4, "en": 4}
+    bits = manifest.recipe.args["guided"]["bits"]
+    assert set(bits.values()) <= {4, 8} and manifest.recipe.method == "guided"
+    assert 4.0 < manifest.recipe.args["guided"]["average_bits"] <= 6.0
+    assert set(manifest.recipe.args["guided"]["sensitivity"]) == set(bits)
