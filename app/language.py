@@ -14,7 +14,7 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGU
 from app.inference import InferenceQueue
 from app.pool import VariantPool
 from model_store.errors import UnsupportedLanguageError
-from model_store.manifest import Manifest
+from model_store.manifest import ALL_LANGUAGES, Manifest
 from model_store.opener import runnable_here
 from model_store.settings import RuntimeSettings
 from model_store.transcription import CHUNK_SAMPLES, Audio
@@ -54,12 +54,15 @@ class LanguageGuess:
 def detection_variant(
     manifests: Sequence[Manifest], runtime: RuntimeSettings, preferred: str | None = None
 ) -> Manifest | None:
-    """The variant that detects languages: ``preferred`` if it is there, else the smallest multilingual."""
+    """The variant that detects languages: ``preferred`` if it is there, else the smallest multilingual
+    one meant for every language (a student or an experts variant trained on a few languages is no
+    judge of the others), else the smallest multilingual one."""
     runnable = [m for m in manifests if m.multilingual and runnable_here(m, runtime)]
     for manifest in runnable:
         if manifest.id == preferred:
             return manifest
-    return min(runnable, key=lambda m: (m.parameters, m.id), default=None)
+    general = [m for m in runnable if ALL_LANGUAGES in m.languages] or runnable
+    return min(general, key=lambda m: (m.parameters, m.id), default=None)
 
 
 class LanguageDetector:

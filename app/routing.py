@@ -10,7 +10,10 @@ The rule, for a request with a language, a duration and optional constraints:
    A known CER above the quality floor excludes the candidate.
 3. ``expected_ms = ms_per_audio_second x audio_seconds``, where ``ms_per_audio_second`` is the server's
    moving estimate (observed queue wait + inference, per audio second) when it has one, else the
-   manifest's measured latency, else a prior proportional to the parameter count.
+   manifest's measured latency, else the nearest measured ancestor's (a fine-tuned or experts variant
+   costs what its parent does; a distilled student at most that), else a prior proportional to the
+   parameter count, calibrated on the variants measured on this machine (median ms per audio-second
+   per million parameters) so that an unmeasured variant never wins on a guess from another machine.
 4. Among candidates with a known CER, the highest ``(1 - CER) / expected_ms`` wins (ties: the lower
    expected_ms, then the id). Only when none has a known CER within the floor do unevaluated ones
    compete, and then the fastest (lowest expected_ms) wins.
@@ -45,6 +48,41 @@ class RouteReason(StrEnum):
 
 
 @dataclass(frozen=True)
+class LatencyPriors:
+    """Latency guesses for variants with no measured or observed figure, from the rest of the catalog."""
+
+    measured: Mapping[str, float]  # variant id -> measured ms per audio-second
+    parents: Mapping[str, str | None]
+    ms_per_million_parameters: float
+
+    @classmethod
+    def from_catalog(cls, manifests: Sequence[Manifest]) -> LatencyPriors:
+        measured = {m.id: m.latency.ms_per_audio_second for m in manifests if m.latency is not None}
+        per_million = sorted(
+            m.latency.ms_per_audio_second / (m.parameters / 1e6)
+            for m in manifests
+            if m.latency is not None and m.parameters > 0
+        )
+        scale = (
+            per_million[len(per_million) // 2]
+            if per_million
+            else PRIOR_MS_PER_AUDIO_SECOND_PER_MILLION_PARAMETERS
+        )
+        return cls(measured, {m.id: m.parent for m in manifests}, scale)
+
+    def rate_for(self, manifest: Manifest) -> tuple[float, str]:
+        """(ms per audio-second, where it comes from) for a variant with no latency of its own."""
+        seen = {manifest.id}
+        ancestor = manifest.parent
+        while ancestor is not None and ancestor not in seen:
+            if ancestor in self.measured:
+                return self.measured[ancestor], f"prior: {ancestor}"
+            seen.add(ancestor)
+            ancestor = self.parents.get(ancestor)
+        return manifest.parameters / 1e6 * self.ms_per_million_parameters, "prior"
+
+
+@dataclass(frozen=True)
 class RouteRequest:
     """What the router knows about a request."""
 
@@ -63,7 +101,7 @@ class Candidate:
     cer: float | None
     cer_source: str  # "eval <lang>", "pooled eval" or "no eval"
     ms_per_audio_second: float
-    latency_source: str  # "observed", "manifest" or "prior"
+    latency_source: str  # "observed", "manifest", "prior: <ancestor id>" or "prior"
     expected_ms: float
 
     @property
@@ -151,6 +189,7 @@ class RoutingPolicy:
                 f"no variant in the store runs on this {self.device} machine",
                 [Exclusion(manifest.id, "needs a CUDA GPU") for manifest in manifests],
             )
+        priors = LatencyPriors.from_catalog(manifests)
         excluded: list[Exclusion] = []
         evaluated: list[Candidate] = []
         unevaluated: list[Candidate] = []
@@ -161,7 +200,7 @@ class RoutingPolicy:
             if why is not None:
                 excluded.append(Exclusion(manifest.id, why))
                 continue
-            candidate = self._candidate(manifest, request, observed_ms_per_audio_second)
+            candidate = self._candidate(manifest, request, observed_ms_per_audio_second, priors)
             if candidate.cer is None:
                 unevaluated.append(candidate)
             elif candidate.cer > self.quality_floor_cer and request.pinned is None:
@@ -207,7 +246,9 @@ class RoutingPolicy:
         return None
 
     @staticmethod
-    def _candidate(manifest: Manifest, request: RouteRequest, observed: Mapping[str, float]) -> Candidate:
+    def _candidate(
+        manifest: Manifest, request: RouteRequest, observed: Mapping[str, float], priors: LatencyPriors
+    ) -> Candidate:
         cer = manifest.cer_for(request.language)
         cer_source = f"eval {request.language}"
         if cer is None:
@@ -218,8 +259,7 @@ class RoutingPolicy:
         elif manifest.latency is not None:
             rate, latency_source = manifest.latency.ms_per_audio_second, "manifest"
         else:
-            rate = manifest.parameters / 1e6 * PRIOR_MS_PER_AUDIO_SECOND_PER_MILLION_PARAMETERS
-            latency_source = "prior"
+            rate, latency_source = priors.rate_for(manifest)
         expected_ms = max(rate * max(request.audio_seconds, MIN_AUDIO_SECONDS), 1e-6)
         return Candidate(manifest.id, cer, cer_source, rate, latency_source, expected_ms)
 

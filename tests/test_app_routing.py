@@ -172,3 +172,39 @@ def test_ties_break_deterministically_and_the_explanation_is_one_ascii_line() ->
     decision = CPU.choose(twins, ENGLISH_10S, {})
     assert decision.variant_id == "twin-a"
     assert decision.explanation.isascii() and "\n" not in decision.explanation
+
+
+def test_an_unmeasured_variant_costs_its_measured_ancestor_not_a_guess() -> None:
+    measured_parent = manifest("base", cer={"en": 0.05}, ms=500.0)
+    finetuned = manifest("base-ft", cer={"en": 0.04}, parent="base")  # slightly better, never timed
+    grandchild = manifest("base-ft-lora", cer={"en": 0.039}, parent="base-ft")
+    decision = CPU.choose([measured_parent, finetuned, grandchild], ENGLISH_10S, {})
+    costs = {c.variant_id: (c.expected_ms, c.latency_source) for c in decision.ranked}
+    assert costs["base-ft"] == (5000.0, "prior: base")
+    assert costs["base-ft-lora"] == (5000.0, "prior: base")  # found two generations up
+    assert decision.variant_id == "base-ft-lora"  # same cost, so the accuracy decides
+    # With no measured ancestor, the per-parameter prior is calibrated on what was measured here:
+    orphan = manifest("orphan", cer={"en": 0.04}, parameters=37_000_000)
+    calibrated = CPU.choose([measured_parent, orphan], ENGLISH_10S, {})
+    orphan_cost = next(c for c in calibrated.ranked if c.variant_id == "orphan")
+    assert orphan_cost.latency_source == "prior"
+    assert orphan_cost.expected_ms == pytest.approx(500.0 / 74 * 37 * 10)  # half base's size, half its cost
+
+
+def test_language_detection_uses_a_variant_meant_for_every_language() -> None:
+    from app.language import detection_variant
+    from model_store.settings import RuntimeSettings
+
+    cpu = RuntimeSettings(device="cpu")
+    general = manifest("base", parameters=74_000_000)
+    student = manifest("student", parameters=30_000_000, languages=("cs", "nl"))  # smaller, but narrow
+    english = manifest("tiny.en", parameters=39_000_000, multilingual=False, languages=("en",))
+
+    def detected(*manifests: Manifest, preferred: str | None = None) -> str | None:
+        chosen = detection_variant(manifests, cpu, preferred)
+        return chosen.id if chosen is not None else None
+
+    assert detected(student, general, english) == "base"
+    assert detected(student, english) == "student"  # no general one: the smallest multilingual
+    assert detected(student, general, preferred="student") == "student"
+    assert detection_variant([english], cpu) is None
