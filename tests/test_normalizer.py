@@ -2,7 +2,7 @@
 
 import pytest
 
-from compression.evaluation.normalizer import normalize, raw
+from model_store.normalizer import normalize, raw
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from compression.evaluation.normalizer import normalize
-from compression.evaluation.scoring import char_errors
 from compression.importers.bundles import locate_bundle
 from model_store.backends.transformers_backend import TransformersTranscriber
 from model_store.features import log_mel_spectrogram, window
+from model_store.normalizer import normalize
 from model_store.opener import open_variant
+from model_store.scoring import char_errors
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import Audio, TranscribeOptions

@@ -16,8 +16,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from compression.evaluation.normalizer import normalize
-from compression.evaluation.scoring import char_errors
 from compression.importers.ct2_format import read_ct2_model
 from compression.quantize.ct2_export import export_ctranslate2
 from compression.quantize.methods import (
@@ -33,7 +31,9 @@ from model_store.backends.transformers_backend import TransformersTranscriber
 from model_store.errors import BackendUnavailableError
 from model_store.features import log_mel_spectrogram, window
 from model_store.manifest import Manifest, Recipe, size_tier_for
+from model_store.normalizer import normalize
 from model_store.opener import open_variant
+from model_store.scoring import char_errors
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcription

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from compression.evaluation.scoring import (
+from model_store.scoring import (
     ErrorCounts,
     UtteranceScore,
     bootstrap_ci,

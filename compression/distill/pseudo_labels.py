@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from compression.data.corpus import Utterance
 from compression.distill.cached_decoding import CachedGreedyDecoder
-from compression.evaluation.scoring import score_utterance
 from compression.training.encoder_cache import EncoderCache
+from model_store.scoring import score_utterance
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from compression.data.corpus import Utterance
 from compression.distill.cached_decoding import CachedGreedyDecoder
-from compression.evaluation.scoring import UtteranceScore, score_utterance, summarize
 from compression.training.encoder_cache import EncoderCache
+from model_store.scoring import UtteranceScore, score_utterance, summarize
 
 
 @dataclass(frozen=True)

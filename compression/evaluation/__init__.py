@@ -1,36 +1,5 @@
-"""Measuring transcripts: text normalisation, error counts and rates, bootstrap intervals."""
+"""Measuring variants on the corpus: the evaluation runner, latency, comparison tables.
 
-from compression.evaluation.normalizer import normalize, raw
-from compression.evaluation.scoring import (
-    ErrorCounts,
-    LanguageSummary,
-    Metric,
-    PairedDifference,
-    UtteranceScore,
-    Verdict,
-    bootstrap_ci,
-    char_errors,
-    paired_difference_ci,
-    score_utterance,
-    summarize,
-    verdict,
-    word_errors,
-)
-
-__all__ = [
-    "ErrorCounts",
-    "LanguageSummary",
-    "Metric",
-    "PairedDifference",
-    "UtteranceScore",
-    "Verdict",
-    "bootstrap_ci",
-    "char_errors",
-    "normalize",
-    "paired_difference_ci",
-    "raw",
-    "score_utterance",
-    "summarize",
-    "verdict",
-    "word_errors",
-]
+Text normalisation and error scoring live in :mod:`model_store.normalizer` and
+:mod:`model_store.scoring`, shared with the server.
+"""

@@ -86,8 +86,7 @@ def run_measurement(
     load_seconds = time.perf_counter() - started
     audios = [(decode_audio(path), language) for path, language in clips]
     audio_seconds = sum(len(audio) for audio, _ in audios) / SAMPLE_RATE
-    manifest = ModelStore(store_root).get(variant_id)
-    device = device_for(manifest, runtime)
+    device = device_for(transcriber.manifest, runtime)
     cuda_synchronize = _cuda_synchronize if device == "cuda" else None
 
     def one_pass() -> float:

@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 from compression.data.corpus import Corpus, Utterance
 from compression.evaluation.hypotheses import Hypothesis, HypothesisLog
-from compression.evaluation.scoring import (
+from model_store.manifest import EvalReport, LanguageScore
+from model_store.opener import open_variant
+from model_store.scoring import (
     PairedDifference,
     UtteranceScore,
     bootstrap_ci,
@@ -20,8 +22,6 @@ from compression.evaluation.scoring import (
     score_utterance,
     summarize,
 )
-from model_store.manifest import EvalReport, LanguageScore
-from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions, Transcriber

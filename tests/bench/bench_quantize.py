@@ -155,8 +155,8 @@ def _bundle_ct2_directory(bundle_name: str, target: Path) -> Path:
 
 
 def _cer(references: list[str], hypotheses: list[str], languages: list[str]) -> float:
-    from compression.evaluation.normalizer import normalize
-    from compression.evaluation.scoring import char_errors
+    from model_store.normalizer import normalize
+    from model_store.scoring import char_errors
 
     edits = length = 0
     for reference, hypothesis, language in zip(references, hypotheses, languages, strict=True):
