@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from compression.data.build import BuildOptions, build
 from compression.data.corpus import Corpus, newest_corpus
-from compression.evaluation.cli import latency_clips
 from compression.evaluation.latency import measure_latency
+from compression.evaluation.latency_clips import latency_clips
 from compression.evaluation.runner import EvalJob, evaluate_variant
 from compression.importers.publish import import_to_store
 from model_store.opener import runnable_here
@@ -107,7 +107,9 @@ def bootstrap(settings: HushSettings, plan: BootstrapPlan | None = None) -> Mode
             evaluate_variant(store, manifest.id, job, settings.runtime)
         if store.get(manifest.id).latency is None:
             plan.log(f"measuring the latency of {manifest.id}")
-            clips = latency_clips(corpus, manifest, settings.eval.latency_clips)
+            clips = latency_clips(
+                corpus, manifest, settings.eval.latency_clips, settings.eval.latency_clip_seconds
+            )
             store.update(
                 manifest.id,
                 latency=measure_latency(

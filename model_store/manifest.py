@@ -121,6 +121,11 @@ class Latency(_Model):
     device: Device
     machine: MachineInfo
     measured_at: datetime = Field(default_factory=utc_now)
+    clip_seconds: float | None = Field(
+        None,
+        description="Median duration of the timed clips (every variant is timed on clips of about the "
+        "same length, so the figures compare; None: measured before hush did so).",
+    )
 
 
 class Manifest(_Model):

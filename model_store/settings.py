@@ -48,7 +48,14 @@ class EvalSettings(BaseModel):
     )
     split: Literal["train", "dev", "test"] = Field("dev", description="Split evaluated by default.")
     bootstrap_resamples: int = Field(1000, ge=100, description="Resamples for confidence intervals.")
-    latency_clips: int = Field(8, ge=1, description="Dev clips timed for the latency figure.")
+    latency_clips: int = Field(8, ge=1, description="Clips timed for the latency figure.")
+    latency_clip_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=29,
+        description="Length of each timed clip: dev utterances of one language joined, the same for every "
+        "variant so that their ms per audio-second compare.",
+    )
     latency_runs: int = Field(3, ge=1, description="Timed runs after one warm-up; the median is kept.")
     bootstrap_per_language: int | None = Field(
         8,

@@ -13,6 +13,7 @@ from compression.data.audio_io import to_pcm16, write_flac
 from compression.data.corpus import Corpus, Record, write_index
 from compression.evaluation.hypotheses import HypothesisLog
 from compression.evaluation.latency import measure_latency
+from compression.evaluation.latency_clips import GAP_SECONDS, latency_clips
 from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
@@ -104,7 +105,7 @@ def test_compare_needs_transcripts(store_and_job: tuple[ModelStore, EvalJob]) ->
 
 def test_latency_is_measured_in_a_fresh_process(store_and_job: tuple[ModelStore, EvalJob]) -> None:
     store, job = store_and_job
-    clips = [(utterance.audio_path, utterance.language) for utterance in job.corpus.utterances("dev")[:2]]
+    clips = latency_clips(job.corpus, store.get("tiny-a"), count=2, target_seconds=2.0)
     latency = measure_latency(
         store.root, "tiny-a", clips, runs=2, runtime=RuntimeSettings(device="cpu", threads=1)
     )
@@ -113,6 +114,7 @@ def test_latency_is_measured_in_a_fresh_process(store_and_job: tuple[ModelStore,
     assert latency.machine.threads == 1
     assert latency.peak_memory_bytes > 50 * 2**20  # a process with torch loaded
     assert latency.device == "cpu" and latency.runs == 2
+    assert latency.clip_seconds == pytest.approx(2.0 + GAP_SECONDS + 1.0)
     assert np.isfinite(latency.load_seconds)
 
 
@@ -141,3 +143,23 @@ def test_evaluating_some_languages_again_keeps_the_others(store_and_job: tuple[M
     sliced = evaluate_variant(store, "tiny-a", replace(job, max_per_language=1), runtime, progress=False)
     assert sliced.split != full.split  # a slice is another measurement: it replaces, never mixes
     assert all(score.utterances == 1 for score in sliced.languages.values())
+
+
+def test_latency_clips_have_one_length_whatever_the_languages(
+    store_and_job: tuple[ModelStore, EvalJob],
+) -> None:
+    """Each clip joins consecutive utterances of one language until it is long enough, so an
+    English-only variant and a multilingual one are timed on clips of the same length."""
+    store, job = store_and_job
+    english_only = store.get("tiny-a").model_copy(update={"multilingual": False, "languages": ("en",)})
+    clips = latency_clips(job.corpus, english_only, count=4, target_seconds=1.5)
+    assert [clip.language for clip in clips] == ["en"]  # en-dev-0 (1 s) + en-dev-1 (2 s): one clip
+    assert clips[0].seconds == pytest.approx(1.0 + GAP_SECONDS + 2.0)
+    assert len(clips[0].load()) == int((3.0 + GAP_SECONDS) * 16_000)
+    both = latency_clips(job.corpus, store.get("tiny-a"), count=4, target_seconds=0.5)
+    assert [(clip.language, clip.seconds) for clip in both] == [
+        ("en", 1.0),
+        ("fr", 1.0),
+        ("en", 2.0),
+        ("fr", 2.0),
+    ]

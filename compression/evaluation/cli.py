@@ -9,6 +9,7 @@ import typer
 
 from compression.data.corpus import Corpus, newest_corpus
 from compression.evaluation.latency import measure_latency
+from compression.evaluation.latency_clips import latency_clips
 from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
 from compression.evaluation.table import markdown_table
 from model_store.manifest import EvalReport, Manifest
@@ -27,20 +28,6 @@ def find_corpus(settings: HushSettings, explicit: Path | None = None) -> Corpus:
             f"no corpus under {settings.corpus_root}: build one with `hush data build` or pass --corpus"
         )
     return Corpus.open(newest)
-
-
-def latency_clips(corpus: Corpus, manifest: Manifest, count: int) -> list[tuple[Path, str]]:
-    """A fixed, language-balanced set of dev clips the variant covers."""
-    by_language: dict[str, list[tuple[Path, str]]] = {}
-    for utterance in corpus.utterances("dev"):
-        if manifest.covers(utterance.language):
-            by_language.setdefault(utterance.language, []).append((utterance.audio_path, utterance.language))
-    clips: list[tuple[Path, str]] = []
-    while len(clips) < count and any(by_language.values()):
-        for language in sorted(by_language):
-            if by_language[language] and len(clips) < count:
-                clips.append(by_language[language].pop(0))
-    return clips
 
 
 def print_report(variant_id: str, report: EvalReport | None, manifest: Manifest) -> None:
@@ -114,7 +101,9 @@ def eval_command(
         report = evaluate_variant(store, variant_id, job, settings.runtime) if accuracy else None
         if latency:
             manifest = store.get(variant_id)
-            clips = latency_clips(job.corpus, manifest, settings.eval.latency_clips)
+            clips = latency_clips(
+                job.corpus, manifest, settings.eval.latency_clips, settings.eval.latency_clip_seconds
+            )
             measured = measure_latency(
                 settings.store.root, variant_id, clips, settings.eval.latency_runs, settings.runtime
             )

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compression.evaluation.latency_clips import LatencyClip
 from compression.evaluation.runner import evaluation_options
-from model_store.audio import decode_audio
 from model_store.manifest import Latency, MachineInfo
 from model_store.opener import device_for, open_variant
 from model_store.settings import RuntimeSettings
@@ -73,7 +73,7 @@ def _cuda_synchronize() -> None:
 
 
 def run_measurement(
-    store_root: Path, variant_id: str, clips: list[tuple[Path, str]], runs: int, runtime: RuntimeSettings
+    store_root: Path, variant_id: str, clips: list[LatencyClip], runs: int, runtime: RuntimeSettings
 ) -> dict[str, Any]:
     """Load, warm up, time; runs in the worker process.
 
@@ -84,7 +84,7 @@ def run_measurement(
     started = time.perf_counter()
     transcriber = open_variant(ModelStore(store_root), variant_id, runtime, verify=False)
     load_seconds = time.perf_counter() - started
-    audios = [(decode_audio(path), language) for path, language in clips]
+    audios = [(clip.load(), clip.language) for clip in clips]
     audio_seconds = sum(len(audio) for audio, _ in audios) / SAMPLE_RATE
     device = device_for(transcriber.manifest, runtime)
     cuda_synchronize = _cuda_synchronize if device == "cuda" else None
@@ -113,17 +113,21 @@ def run_measurement(
         runs=runs,
         device=device,
         machine=machine_info(threads, device),
+        clip_seconds=round(statistics.median(clip.seconds for clip in clips), 2),
     ).model_dump(mode="json") | {"per_pass_ms": per_pass_ms, "audio_seconds": audio_seconds}
 
 
 def measure_latency(
-    store_root: Path, variant_id: str, clips: list[tuple[Path, str]], runs: int, runtime: RuntimeSettings
+    store_root: Path, variant_id: str, clips: list[LatencyClip], runs: int, runtime: RuntimeSettings
 ) -> Latency:
     """Run :func:`run_measurement` in a child process and return its result."""
     request = {
         "store_root": str(store_root),
         "variant_id": variant_id,
-        "clips": [[str(path), language] for path, language in clips],
+        "clips": [
+            {"paths": [str(path) for path in clip.paths], "language": clip.language, "seconds": clip.seconds}
+            for clip in clips
+        ],
         "runs": runs,
         "runtime": runtime.model_dump(mode="json"),
     }
@@ -147,7 +151,10 @@ def _worker() -> None:
     result = run_measurement(
         Path(request["store_root"]),
         request["variant_id"],
-        [(Path(path), language) for path, language in request["clips"]],
+        [
+            LatencyClip(tuple(Path(path) for path in clip["paths"]), clip["language"], clip["seconds"])
+            for clip in request["clips"]
+        ],
         int(request["runs"]),
         RuntimeSettings.model_validate(request["runtime"]),
     )
