@@ -148,6 +148,11 @@ class Manifest(_Model):
     size_tier: SizeTier
     multilingual: bool
     languages: tuple[str, ...] = Field(description="Languages it is meant for; ('*',) for all it knows.")
+    timestamps: bool = Field(
+        True,
+        description="Whether it was trained to predict timestamp tokens. A variant trained on text only "
+        "(hush's students, experts and fine-tunes) is always decoded without them: one segment per window.",
+    )
 
     eval: EvalReport | None = None
     latency: Latency | None = None

@@ -188,3 +188,19 @@ def test_loop_cut_matches_where_a_step_by_step_decoder_stops() -> None:
     assert loop_cut(looping, text, 2.4) == stopped_at
     assert 60 < stopped_at < len(looping)
     assert loop_cut([token * 7919 % 997 for token in range(1, 200)], text, 2.4) is None
+
+
+def test_a_variant_trained_on_text_only_is_decoded_without_timestamps(tiny_store: ModelStore) -> None:
+    """hush's students and experts learn ``<|notimestamps|>`` sequences only; their manifest says so
+    and every request then decodes them that way, whatever the options ask."""
+    audio = (0.1 * np.sin(np.linspace(0, 2000, 16_000 * 3))).astype(np.float32)
+    runtime = RuntimeSettings(device="cpu")
+    asked = open_variant(tiny_store, "tiny-random", runtime).transcribe(
+        audio, TranscribeOptions(language="en", temperatures=(0.0,), without_timestamps=True)
+    )
+    tiny_store.update("tiny-random", timestamps=False)
+    text_only = open_variant(tiny_store, "tiny-random", runtime)
+    forced = text_only.transcribe(audio, TranscribeOptions(language="en", temperatures=(0.0,)))
+    assert forced.segments == asked.segments
+    assert len(forced.segments) == 1  # one segment per window
+    assert all(token < TOKENS.timestamp_begin for token in forced.segments[0].tokens)

@@ -262,6 +262,7 @@ def _publish(
             size_tier=size_tier_for(parameters),
             multilingual=parent.manifest.multilingual,
             languages=tuple(sorted(plan.languages)),
+            timestamps=False,  # trained on <|notimestamps|> sequences
         )
 
 

@@ -73,6 +73,7 @@ def publish_experts(
             size_tier=size_tier_for(parameters),
             multilingual=True,
             languages=tuple(languages),
+            timestamps=False,  # experts trained on <|notimestamps|> sequences
         )
 
 
@@ -109,4 +110,5 @@ def publish_plain(
             size_tier=size_tier_for(parameters),
             multilingual=True,
             languages=languages,
+            timestamps=False,  # fine-tuned on <|notimestamps|> sequences
         )

@@ -7,6 +7,7 @@ compare on identical input.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 from transformers import WhisperTokenizer
@@ -61,6 +62,8 @@ class WindowTranscriber:
         return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
 
     def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
+        if not self.manifest.timestamps:  # trained on text only: timestamp tokens would be off its data
+            options = replace(options, without_timestamps=True)
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel(audio, self.n_mels)
         content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
