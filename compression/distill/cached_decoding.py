@@ -14,10 +14,12 @@ import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 
 from model_store.backends.transformers_backend import TransformersWindowDecoder
+from model_store.transcription import TranscribeOptions
 from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
 
 MAX_NEW_TOKENS = MAX_TARGET_LENGTH // 2  # OpenAI Whisper's sample_len
-REPETITION_LIMIT = 2.4  # stop a looping window early, as hush eval does (gzip compression ratio)
+# Stop a looping window early where hush eval does: the default compression-ratio threshold.
+REPETITION_LIMIT = TranscribeOptions().compression_ratio_threshold
 
 
 class CachedGreedyDecoder:
