@@ -18,7 +18,14 @@ import numpy as np
 import numpy.typing as npt
 from transformers.audio_utils import mel_filter_bank
 
-from model_store.transcription import CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE, Audio
+from model_store.transcription import (
+    CHUNK_FRAMES,
+    CHUNK_SAMPLES,
+    FRAMES_PER_SECOND,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    Audio,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -76,6 +83,27 @@ def log_mel_spectrogram(audio: Audio, n_mels: int = 80, *, pad_samples: int = CH
     import torch
 
     return torch.from_numpy(log_mel(audio, n_mels, pad_samples=pad_samples))
+
+
+CONTEXT_MARGIN_FRAMES = FRAMES_PER_SECOND  # a trimmed window keeps at least 1 s of padding after the audio
+CONTEXT_STEP_FRAMES = (
+    2 * FRAMES_PER_SECOND
+)  # and is a whole number of 2 s steps long (few distinct encoder shapes)
+
+
+def encoder_frames(content_frames: int, audio_context_seconds: float | None) -> int:
+    """How many frames of a window the encoder sees.
+
+    Whisper always encodes 30 s (3,000 frames), padding included: a 3 s clip costs a full 30 s encoder
+    pass. A variant with a trimmed audio context (``audio_context_seconds``, see the manifest) encodes
+    only the window's audio plus at least a second of padding, rounded up to 2 s steps, and never less
+    than ``audio_context_seconds``; ``None`` keeps the full window.
+    """
+    if audio_context_seconds is None:
+        return CHUNK_FRAMES
+    steps = -(-(content_frames + CONTEXT_MARGIN_FRAMES) // CONTEXT_STEP_FRAMES)
+    wanted = max(round(audio_context_seconds * FRAMES_PER_SECOND), steps * CONTEXT_STEP_FRAMES)
+    return min(CHUNK_FRAMES, wanted)
 
 
 def window(mel: Features, start_frame: int) -> Features:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from model_store.features import Mel, window
+from model_store.features import Mel, encoder_frames, window
 from model_store.transcription import (
     CHUNK_FRAMES,
     FRAMES_PER_SECOND,
@@ -236,8 +236,10 @@ def transcribe_mel(
     language_token: int | None,
     options: TranscribeOptions,
     language: str = "en",
+    audio_context_seconds: float | None = None,
 ) -> list[Segment]:
-    """Segments of the audio whose features are ``mel`` (content followed by 30 s of padding)."""
+    """Segments of the audio whose features are ``mel`` (content followed by 30 s of padding);
+    ``audio_context_seconds`` trims each window's encoder input (:func:`encoder_frames`)."""
     special = decoder.tokens
     task_token = special.translate if options.task == "translate" else special.transcribe
     # English-only models take no language or task token (OpenAI Whisper's sot sequence is just <|sot|>).
@@ -253,7 +255,7 @@ def transcribe_mel(
     while seek < content_frames:
         window_frames = min(CHUNK_FRAMES, content_frames - seek)
         time_offset = seek / FRAMES_PER_SECOND
-        encoded = decoder.encode(window(mel, seek))
+        encoded = decoder.encode(window(mel, seek)[:, : encoder_frames(window_frames, audio_context_seconds)])
         previous = history[prompt_reset_since:][-MAX_PROMPT_TOKENS:]
         prompt = ([special.start_of_prev, *previous] if previous else []) + task_prompt
         room = MAX_TARGET_LENGTH - len(prompt)  # the decoder's positions end at 448

@@ -154,6 +154,15 @@ class Manifest(_Model):
         "(hush's students, experts and fine-tunes) is always decoded without them: one segment per window.",
     )
 
+    audio_context_seconds: float | None = Field(
+        None,
+        ge=1,
+        le=30,
+        description="Trimmed audio context: the encoder sees a window's audio plus about a second of "
+        "padding (at least this many seconds) instead of always 30 s; a speed/accuracy trade measured "
+        "like any other variant. None: Whisper's full 30 s. CTranslate2 variants only.",
+    )
+
     eval: EvalReport | None = None
     latency: Latency | None = None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import WhisperFeatureExtractor
 
-from model_store.features import log_mel, log_mel_spectrogram, window
+from model_store.features import encoder_frames, log_mel, log_mel_spectrogram, window
 from model_store.transcription import CHUNK_FRAMES, CHUNK_SAMPLES, Audio
 
 
@@ -51,3 +51,11 @@ def test_the_ctranslate2_path_never_imports_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_trimmed_audio_context_keeps_the_audio_and_a_second_of_padding() -> None:
+    assert encoder_frames(300, None) == CHUNK_FRAMES  # Whisper's full window by default
+    assert encoder_frames(300, 1.0) == 400  # 3 s of audio + 1 s, already a whole 2 s step
+    assert encoder_frames(350, 1.0) == 600  # 3.5 s + 1 s, rounded up to 6 s
+    assert encoder_frames(300, 15.0) == 1500  # never under the variant's minimum
+    assert encoder_frames(2950, 1.0) == CHUNK_FRAMES  # never over 30 s

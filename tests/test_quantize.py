@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ctranslate2
 import numpy as np
@@ -20,6 +21,7 @@ from compression.importers.ct2_format import read_ct2_model
 from compression.quantize.ct2_export import export_ctranslate2
 from compression.quantize.methods import (
     METHODS,
+    AudioContextError,
     UnknownMethodError,
     quantize_variant,
     variant_id_for,
@@ -115,6 +117,45 @@ def test_default_ids_and_unknown_methods(store: ModelStore) -> None:
     assert variant_id_for("whisper-base", "ct2-int8") == "whisper-base-ct2-int8"
     with pytest.raises(UnknownMethodError, match="choose one of: ptq-int8, ct2-int8"):
         quantize_variant(store, PARENT, "int3")
+
+
+def test_a_trimmed_audio_context_encodes_only_the_audio_and_a_second(
+    store: ModelStore, two_seconds: Audio
+) -> None:
+    manifest = quantize_variant(store, PARENT, "ct2-int8", audio_context_seconds=1.0)
+    assert manifest.id == f"{PARENT}-ct2-int8-ctx1"
+    assert manifest.audio_context_seconds == 1.0
+    assert manifest.recipe.args["audio_context_seconds"] == 1.0
+    transcriber = open_variant(store, manifest.id, CPU)
+    decoder = transcriber._decoder  # type: ignore[attr-defined]
+    engine_encode = decoder.encode
+    encoded_frames: list[int] = []
+
+    def encode(features: Any) -> Any:
+        encoded_frames.append(features.shape[-1])
+        return engine_encode(features)
+
+    decoder.encode = encode
+    try:
+        detected = transcriber.detect_language(two_seconds)
+        result = transcriber.transcribe(two_seconds, QUICK)
+    finally:
+        transcriber.close()
+    assert encoded_frames and set(encoded_frames) == {400}  # 2 s of audio + 1 s, in 2 s steps
+    assert abs(sum(detected.values()) - 1.0) < 1e-3
+    assert result.duration == pytest.approx(2.0)
+    assert result.language == next(iter(detected))  # detected on the same trimmed window
+
+
+def test_a_trimmed_audio_context_needs_ctranslate2(store: ModelStore) -> None:
+    with pytest.raises(AudioContextError, match="needs a CTranslate2 method"):
+        quantize_variant(store, PARENT, "ptq-int8", audio_context_seconds=10.0)
+    store.update(PARENT, audio_context_seconds=10.0)  # as a hand-edited manifest would say
+    try:
+        with pytest.raises(ValueError, match="trims the audio context"):
+            open_variant(store, PARENT, CPU)
+    finally:
+        store.update(PARENT, audio_context_seconds=None)
 
 
 def test_a_quantized_variant_is_not_a_parent(store: ModelStore, variant: Callable[[str], Manifest]) -> None:

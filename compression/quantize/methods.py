@@ -126,9 +126,15 @@ def method_named(name: str) -> QuantizationMethod:
         raise UnknownMethodError(name) from None
 
 
-def variant_id_for(parent: str, method: str) -> str:
-    """The default id of ``parent`` quantized with ``method``: ``whisper-base-ptq-int8``."""
-    return f"{parent}-{method}"
+class AudioContextError(HushError, ValueError):
+    """A trimmed audio context asked of a method whose backend cannot run it."""
+
+
+def variant_id_for(parent: str, method: str, audio_context_seconds: float | None = None) -> str:
+    """The default id of ``parent`` quantized with ``method``: ``whisper-base-ptq-int8``, and
+    ``whisper-base-ct2-int8-ctx10`` with a 10 s trimmed audio context."""
+    suffix = "" if audio_context_seconds is None else f"-ctx{audio_context_seconds:g}"
+    return f"{parent}-{method}{suffix}"
 
 
 def quantize_variant(
@@ -138,18 +144,35 @@ def quantize_variant(
     variant_id: str | None = None,
     *,
     replace: bool = False,
+    audio_context_seconds: float | None = None,
 ) -> Manifest:
-    """Make ``method``'s variant of ``parent_id`` and publish it; returns its manifest."""
+    """Make ``method``'s variant of ``parent_id`` and publish it; returns its manifest.
+
+    ``audio_context_seconds`` publishes it with a trimmed audio context (see
+    :func:`model_store.features.encoder_frames`); CTranslate2 methods only.
+    """
     spec = method_named(method)
+    if audio_context_seconds is not None and spec.backend != "ctranslate2":
+        raise AudioContextError(
+            f"a trimmed audio context needs a CTranslate2 method (ct2-...), not {method!r}: "
+            "transformers' Whisper encoder takes 30 s windows only"
+        )
     parent = Parent.from_store(store, parent_id)
-    target_id = variant_id or variant_id_for(parent_id, method)
+    target_id = variant_id or variant_id_for(parent_id, method, audio_context_seconds)
     logger.info("quantizing %s with %s into %s", parent_id, method, target_id)
     with store.publish(target_id, replace=replace) as staging:
         args = spec.write(parent, staging.directory)
         parameters = parent.manifest.parameters
         return staging.commit(
             parent=parent_id,
-            recipe=Recipe(method=method, args={**args, "parent_weights_sha256": parent.weights_digest()}),
+            recipe=Recipe(
+                method=method,
+                args={
+                    **args,
+                    "parent_weights_sha256": parent.weights_digest(),
+                    "audio_context_seconds": audio_context_seconds,
+                },
+            ),
             backend=spec.backend,
             device=spec.device,
             dtype=spec.dtype,
@@ -157,4 +180,5 @@ def quantize_variant(
             size_tier=size_tier_for(parameters),
             multilingual=parent.manifest.multilingual,
             languages=parent.manifest.languages,
+            audio_context_seconds=audio_context_seconds,
         )

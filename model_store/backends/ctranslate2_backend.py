@@ -60,6 +60,8 @@ def compute_type_for(dtype: str, device: str, cuda_dtype: str = "float16") -> st
 class CTranslate2WindowDecoder(TokenizerText):
     """One window at a time through ``ctranslate2.models.Whisper``."""
 
+    accepts_short_windows = True  # the engine encodes any number of frames up to 3,000
+
     def __init__(
         self,
         model: ctranslate2.models.Whisper,

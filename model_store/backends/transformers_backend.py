@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 class TransformersWindowDecoder(TokenizerText):
     """Greedy or sampled decoding of one window with a key/value cache."""
 
+    accepts_short_windows = False  # transformers' Whisper encoder insists on 3,000 frames
+
     def __init__(
         self,
         model: WhisperForConditionalGeneration,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from transformers import WhisperTokenizer
 
 from model_store.errors import UnsupportedLanguageError
-from model_store.features import log_mel, window
+from model_store.features import encoder_frames, log_mel, window
 from model_store.longform import WindowDecoder, transcribe_mel
 from model_store.manifest import Manifest
 from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
@@ -36,6 +36,8 @@ class TokenizerText:
 class LanguageDecoder(WindowDecoder, Protocol):
     """A window decoder that also scores the languages of an encoded window."""
 
+    accepts_short_windows: bool  # whether ``encode`` takes fewer than 3,000 frames (trimmed context)
+
     def language_probabilities(self, encoded: Any) -> dict[str, float]:
         """Probability of each language, most likely first (``{"en": 1.0}`` for English-only models)."""
         ...
@@ -49,6 +51,11 @@ class WindowTranscriber:
     """Transcribes audio of any length with a backend's :class:`LanguageDecoder`."""
 
     def __init__(self, manifest: Manifest, decoder: LanguageDecoder, n_mels: int) -> None:
+        if manifest.audio_context_seconds is not None and not decoder.accepts_short_windows:
+            raise ValueError(
+                f"variant {manifest.id!r} trims the audio context, which its {manifest.backend} backend "
+                "cannot run (CTranslate2 only)"
+            )
         self.manifest = manifest
         self._decoder = decoder
         self.n_mels = n_mels
@@ -58,8 +65,12 @@ class WindowTranscriber:
         return list(self._decoder.tokens.languages) or ["en"]
 
     def detect_language(self, audio: Audio) -> dict[str, float]:
-        mel = log_mel(audio, self.n_mels)
-        return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+        return self._first_window_languages(log_mel(audio, self.n_mels))
+
+    def _first_window_languages(self, mel: Any) -> dict[str, float]:
+        content_frames = min(CHUNK_FRAMES, mel.shape[-1] - CHUNK_FRAMES)
+        frames = encoder_frames(content_frames, self.manifest.audio_context_seconds)
+        return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)[:, :frames]))
 
     def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         if not self.manifest.timestamps:  # trained on text only: timestamp tokens would be off its data
@@ -72,7 +83,15 @@ class WindowTranscriber:
             self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
         )
         self._decoder.seed_sampling(options.seed)
-        segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options, language)
+        segments = transcribe_mel(
+            self._decoder,
+            mel,
+            content_frames,
+            language_token,
+            options,
+            language,
+            self.manifest.audio_context_seconds,
+        )
         return Transcription(
             text="".join(segment.text for segment in segments).strip(),
             segments=tuple(segments),
@@ -93,6 +112,6 @@ class WindowTranscriber:
             return requested, None, {}
         if not self._decoder.tokens.languages:
             return "en", None, {}
-        probabilities = self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+        probabilities = self._first_window_languages(mel)
         language, probability = next(iter(probabilities.items()))
         return language, probability, probabilities
