@@ -9,7 +9,7 @@ import pytest
 
 from compression.data.audio_io import write_flac
 from compression.data.corpus import Record, write_index
-from compression.distill.pipeline import run_distillation
+from compression.distill.pipeline import quick_eval_variant, run_distillation
 from compression.distill.plan import DistillPlan
 from model_store.backends.quantized_loading import weights_format
 from model_store.opener import open_variant
@@ -23,7 +23,7 @@ from tests.factories import publish_tiny_variant
 def tiny_corpus(directory: Path) -> Path:
     records = []
     for language in ("en", "cs"):
-        for number, split in enumerate(("train", "train", "train", "train", "dev")):
+        for number, split in enumerate(("train", "train", "train", "train", "dev", "test", "test")):
             path = f"audio/{language}/t/{language}{number}.flac"
             samples = (sine(1.0, 200 + 70 * number) * 32767).astype(np.int16)
             write_flac(directory / path, samples)
@@ -63,6 +63,7 @@ def test_qad_student_is_published_with_its_recipe_and_runs(setup: tuple[HushSett
     assert manifest.parent == "teacher" and manifest.recipe.method == "qad"
     assert weights_format(manifest) == "hush-lowbit" and manifest.dtype == "int4"
     assert manifest.languages == ("cs", "en")
+    assert manifest.timestamps is False  # trained on <|notimestamps|> sequences, served without them
     args = manifest.recipe.args
     assert args["plan"]["preset"] == "dq-whisper" and args["training"]["steps"] == 2
     assert args["sizes"]["bytes_dq_rule"] < args["sizes"]["teacher_bytes_dq_rule"]
@@ -98,3 +99,11 @@ def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStor
     assert set(bits.values()) <= {4, 8} and manifest.recipe.method == "guided"
     assert 4.0 < manifest.recipe.args["guided"]["average_bits"] <= 6.0
     assert set(manifest.recipe.args["guided"]["sensitivity"]) == set(bits)
+
+
+def test_quick_eval_reads_the_split_it_is_given(setup: tuple[HushSettings, ModelStore]) -> None:
+    settings, store = setup
+    dev = quick_eval_variant(settings, store, "teacher", ("en", "cs"), progress=False)
+    test = quick_eval_variant(settings, store, "teacher", ("en", "cs"), split="test", progress=False)
+    assert {language: score["utterances"] for language, score in dev.items()} == {"en": 1, "cs": 1}
+    assert {language: score["utterances"] for language, score in test.items()} == {"en": 2, "cs": 2}

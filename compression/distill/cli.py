@@ -88,9 +88,14 @@ def distill_command(
 
 def quick_eval_command(
     variant: Annotated[str, typer.Argument(help="A transformers variant of the store.")],
-    languages: Annotated[str, typer.Option(help="Comma-separated languages of the dev split.")],
+    languages: Annotated[str, typer.Option(help="Comma-separated languages of the split.")],
+    split: Annotated[
+        str, typer.Option(help="dev (default), or test for final figures only (never to tune on).")
+    ] = "dev",
 ) -> None:
-    """Dev-split CER/WER per language from cached encoder outputs (greedy, no timestamps)."""
+    """CER/WER per language of a split from cached encoder outputs (greedy, no timestamps)."""
+    if split not in ("dev", "test"):
+        raise typer.BadParameter(f"--split must be dev or test, not {split!r}")
     import torch
 
     from compression.distill.pipeline import quick_eval_variant
@@ -101,5 +106,5 @@ def quick_eval_command(
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
     wanted = tuple(language.strip() for language in languages.split(",") if language.strip())
-    scores = quick_eval_variant(settings, ModelStore(settings.store.root), variant, wanted)
+    scores = quick_eval_variant(settings, ModelStore(settings.store.root), variant, wanted, split=split)
     typer.echo(json.dumps(scores, indent=2))

@@ -281,9 +281,11 @@ def quick_eval_variant(
     variant_id: str,
     languages: tuple[str, ...],
     *,
+    split: str = "dev",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Quick dev CER of any transformers variant of the store, from cached encoder outputs."""
+    """Quick CER of any transformers variant of the store on a split (dev by default; test only to
+    report final figures, never to choose), from cached encoder outputs."""
     corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
     manifest = store.verify(variant_id)
     directory = store.path(variant_id)
@@ -291,9 +293,9 @@ def quick_eval_variant(
     tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
     generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
     tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
-    dev_set = select_utterances(corpus, "dev", languages, None)
+    utterances = select_utterances(corpus, split, languages, None)
     cache = EncoderCache(settings.cache_dir / "encoder", model.model.encoder)
-    cache.fill(corpus.id, dev_set, progress=progress)
+    cache.fill(corpus.id, utterances, progress=progress)
     decoder = CachedGreedyDecoder(model, tokenizer, tokens, generation)
-    scores = quick_eval(decoder, cache, corpus.id, dev_set, progress=progress)
+    scores = quick_eval(decoder, cache, corpus.id, utterances, progress=progress)
     return {language: asdict(score) for language, score in scores.items()}
