@@ -3,6 +3,7 @@ faster-whisper on the same bundled weights as the speed reference.
 
     python -m tests.bench.bench_quantize                          # whisper-base, JFK clip, 3 runs
     python -m tests.bench.bench_quantize --store .hush/store --runs 5 --clip a.wav:en --clip b.wav:es
+    python -m tests.bench.bench_quantize --store .hush/store --methods ct2-int8 --variant whisper-base-ct2-int8-ctx10
 
 For each row: bytes on disk, CER on the clips (normalised text), milliseconds of compute per second of
 audio (median over every timed pass: ``--rounds`` rounds of ``--runs`` passes, each after a warm-up
@@ -207,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--store", type=Path, help="a model store; default: a temporary one")
     parser.add_argument("--parent", default="whisper-base", help="the bundled teacher to quantize")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also time this variant of --store (e.g. whisper-base-ct2-int8-ctx10), repeatable",
+    )
     parser.add_argument("--clip", action="append", type=_parse_clip, help="PATH[:LANG], repeatable")
     parser.add_argument("--reference", action="append", default=[], help="reference text per --clip")
     parser.add_argument("--runs", type=int, default=3, help="timed passes after one warm-up, per round")
@@ -238,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not store.exists(variant_id):
                 quantize_variant(store, args.parent, method)
             variant_ids.append(variant_id)
+        variant_ids += [variant_id for variant_id in args.variant if variant_id not in variant_ids]
 
         fw_dir = _bundle_ct2_directory(args.parent, Path(scratch) / "faster-whisper")
         fw_bytes = sum(path.stat().st_size for path in fw_dir.iterdir())
