@@ -171,9 +171,10 @@ def train(
                 model, batch, step, encoder_outputs, config, schedule, teacher, control, expert_key
             )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
+            if loss.requires_grad:  # not when every expert layer skipped its expert this step
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
             history.append(entry)
             throughput.add(int((batch.labels != IGNORE_INDEX).sum()))
             bar.set_postfix(

@@ -77,7 +77,7 @@ def check_plan(run_dir: Path, plan: Mapping[str, Any]) -> int | None:
         differing = sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
         raise PlanMismatchError(
             f"{run_dir / CHECKPOINT} is a checkpoint of another plan (it differs in: "
-            f"{', '.join(differing) or 'everything'}); restart to discard it or choose another run id"
+            f"{', '.join(differing) or 'everything'}) and is not resumed"
         )
     return int(state["step"])
 
