@@ -165,7 +165,7 @@ def test_experts_command_resumes_refuses_and_restarts(
     assert_identical(load_file(store.path("tiny-x") / "experts" / "en.safetensors"), published)
 
     code, output = invoke("--steps", "4", "--replace")
-    assert code == 2 and "another plan" in output and "training" in output and "--restart" in output
+    assert code == 2 and "another plan" in output and "training.steps" in output and "--restart" in output
 
     code, output = invoke("--steps", "4", "--replace", "--restart")
     assert code == 0, output

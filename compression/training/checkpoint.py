@@ -66,6 +66,17 @@ def normalised_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
     return normalised
 
 
+def _flat(plan: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (``training.steps``), for naming what differs."""
+    flat: dict[str, Any] = {}
+    for key, value in plan.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def check_plan(run_dir: Path, plan: Mapping[str, Any]) -> int | None:
     """The step of the checkpoint in ``run_dir`` (None: none); raises if it belongs to another plan."""
     state = load_checkpoint(run_dir, mmap=True)
@@ -73,8 +84,10 @@ def check_plan(run_dir: Path, plan: Mapping[str, Any]) -> int | None:
         return None
     saved, current = state.get("plan"), normalised_plan(plan)
     if saved != current:
-        saved = saved if isinstance(saved, dict) else {}
-        differing = sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
+        flat_saved, flat_current = _flat(saved if isinstance(saved, dict) else {}), _flat(current)
+        differing = sorted(
+            key for key in {*flat_saved, *flat_current} if flat_saved.get(key) != flat_current.get(key)
+        )
         raise PlanMismatchError(
             f"{run_dir / CHECKPOINT} is a checkpoint of another plan (it differs in: "
             f"{', '.join(differing) or 'everything'}) and is not resumed"
