@@ -11,6 +11,7 @@ from compression.evaluation.cli import find_corpus
 from compression.experts.job import ExpertsJob, run_experts_job
 from compression.experts.students import METHODS, Method
 from compression.experts.trainer import TrainingConfig
+from compression.training.checkpoint import PlanMismatchError
 from model_store.backends.experts.attach import STACKS, ExpertSpec, Stack
 from model_store.backends.experts.clsr import EXPERT_KINDS
 from model_store.settings import HushSettings
@@ -48,11 +49,17 @@ def experts_command(
     corpus: Annotated[Path | None, typer.Option(help="Corpus directory; default the one built.")] = None,
     variant_id: Annotated[str | None, typer.Option("--id", help="Id of the new variant.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
+    restart: Annotated[
+        bool, typer.Option(help="Discard the run's checkpoint and train from the start.")
+    ] = False,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 50,
 ) -> None:
     """Train per-language CLSR experts of BASE (optionally distilled from TEACHER) and publish them.
 
     Only the experts and gates train (or, for the baselines, a LoRA adapter or the whole decoder);
     the encoder's outputs come from the shared encoder cache unless experts sit in the encoder.
+    The run keeps checkpoints in <home>/runs/experts/<id>/ and resumes an interrupted run of the
+    same plan from there (--restart starts over).
     """
     if method not in METHODS:
         raise typer.BadParameter(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -77,14 +84,24 @@ def experts_command(
         max_per_language=per_language,
         variant_id=variant_id,
     )
-    manifest = run_experts_job(
-        ModelStore(settings.store.root),
-        find_corpus(settings, corpus),
-        job,
-        cache_root=settings.cache_dir / "encoder",
-        replace=replace,
-        log=lambda line: typer.echo(line, err=True),
-    )
+    run_dir = settings.runs_dir / "experts" / (job.variant_id or job.default_id())
+    try:
+        manifest = run_experts_job(
+            ModelStore(settings.store.root),
+            find_corpus(settings, corpus),
+            job,
+            cache_root=settings.cache_dir / "encoder",
+            run_dir=run_dir,
+            restart=restart,
+            checkpoint_every=checkpoint_every,
+            replace=replace,
+            log=lambda line: typer.echo(line, err=True),
+        )
+    except PlanMismatchError as error:
+        typer.echo(
+            f"error: {error}; pass --restart to discard it, or --id to train another variant", err=True
+        )
+        raise typer.Exit(2) from error
     typer.echo(
         f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent} for "
         f"{', '.join(manifest.languages)}, {manifest.bytes_on_disk:,} bytes",

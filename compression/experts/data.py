@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,22 +60,52 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     return Batch(languages.pop(), tuple(examples), input_ids, labels)
 
 
+class LanguageBatches:
+    """Batches of one language each, a pure function of (seed, step), so a resumed run sees the same.
+
+    The languages take turns (step ``s`` is language ``s % n`` in sorted order); each language's
+    examples form an endless stream of passes, each pass shuffled by its own seeded RNG, and its
+    ``k``-th batch is the next ``batch_size`` examples of that stream.
+    """
+
+    def __init__(self, examples: Sequence[Example], batch_size: int, pad_id: int, *, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        by_language: dict[str, list[Example]] = defaultdict(list)
+        for example in examples:
+            by_language[example.language].append(example)
+        if not by_language:
+            raise ValueError("no training examples")
+        self.languages = sorted(by_language)
+        self.by_language = dict(by_language)
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+        self._passes: dict[tuple[str, int], list[Example]] = {}
+
+    def _pass(self, language: str, index: int) -> list[Example]:
+        key = (language, index)
+        if key not in self._passes:
+            order = list(self.by_language[language])
+            random.Random(f"{self.seed}-{language}-{index}").shuffle(order)
+            if len(self._passes) > 64:  # batches move forward: older passes are not needed again
+                self._passes.clear()
+            self._passes[key] = order
+        return self._passes[key]
+
+    def batch(self, step: int) -> Batch:
+        language = self.languages[step % len(self.languages)]
+        pool = len(self.by_language[language])
+        first = (step // len(self.languages)) * self.batch_size
+        chosen = [
+            self._pass(language, position // pool)[position % pool]
+            for position in range(first, first + self.batch_size)
+        ]
+        return collate(chosen, self.pad_id)
+
+
 def language_batches(
     examples: Sequence[Example], batch_size: int, pad_id: int, *, seed: int = 0
-) -> Iterator[Batch]:
-    """Endless batches, each of one language; the languages take turns, each shuffled every pass."""
-    by_language: dict[str, list[Example]] = defaultdict(list)
-    for example in examples:
-        by_language[example.language].append(example)
-    if not by_language:
-        raise ValueError("no training examples")
-    generator = random.Random(seed)
-    queues: dict[str, list[Example]] = {language: [] for language in by_language}
-    while True:
-        for language in sorted(by_language):
-            if len(queues[language]) < batch_size:
-                refill = list(by_language[language])
-                generator.shuffle(refill)
-                queues[language] += refill
-            chosen, queues[language] = queues[language][:batch_size], queues[language][batch_size:]
-            yield collate(chosen, pad_id)
+) -> LanguageBatches:
+    """The batches of ``examples``: ``.batch(step)`` for any step (see :class:`LanguageBatches`)."""
+    return LanguageBatches(examples, batch_size, pad_id, seed=seed)

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
 from compression.data.corpus import Corpus, Utterance
+from compression.experts.checkpoints import Checkpointing
 from compression.experts.data import language_batches, make_example
 from compression.experts.encoder_outputs import CachedEncoderOutputs, EncoderOutputs, LiveEncoderOutputs
 from compression.experts.gates import mean_gate_opening
@@ -20,6 +22,7 @@ from compression.experts.publish import publish_experts, publish_plain
 from compression.experts.students import Method, Student, build_student
 from compression.experts.trainer import StepLog, Teacher, TrainingConfig, train
 from compression.quantize.parent import Parent
+from compression.training.checkpoint import check_plan, discard
 from model_store.backends.experts.attach import ExpertSpec
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
@@ -48,6 +51,12 @@ class ExpertsJob:
             kd = "kd" if self.teacher else "ce"
             return f"{self.base}-clsr-{kind}-{where}-{kd}-{'-'.join(self.languages)}"
         return f"{self.base}-{self.method}-{'-'.join(self.languages)}"
+
+    def plan(self, corpus_id: str) -> dict[str, Any]:
+        """What decides the trained weights (all but the id), for telling a run's checkpoints apart."""
+        plan = asdict(self)
+        del plan["variant_id"]
+        return {**plan, "corpus": corpus_id}
 
 
 def sample_utterances(
@@ -88,12 +97,29 @@ def run_experts_job(
     job: ExpertsJob,
     *,
     cache_root: Path,
+    run_dir: Path | None = None,
+    restart: bool = False,
+    checkpoint_every: int = 50,
     replace: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = logger.info,
 ) -> Manifest:
-    """Train ``job`` on the corpus's train split and publish the result; returns its manifest."""
+    """Train ``job`` on the corpus's train split and publish the result; returns its manifest.
+
+    With ``run_dir`` the training keeps checkpoints there and resumes from one of the same plan
+    (:class:`compression.training.checkpoint.PlanMismatchError` for another plan's; ``restart``
+    discards it first).
+    """
     started = time.perf_counter()
+    checkpointing: Checkpointing | None = None
+    resumed_from = 0
+    if run_dir is not None:
+        if restart and discard(run_dir):
+            log(f"discarded the checkpoint in {run_dir}")
+        resumed_from = check_plan(run_dir, job.plan(corpus.id)) or 0  # before any model is loaded
+        if resumed_from:
+            log(f"resuming {run_dir} at step {resumed_from} of {job.training.steps}")
+        checkpointing = Checkpointing(run_dir, job.plan(corpus.id), every=checkpoint_every)
     parent = Parent.from_store(store, job.base)
     tokenizer = WhisperTokenizer.from_pretrained(parent.directory, local_files_only=True)
     tokens = special_tokens(tokenizer, multilingual=True)
@@ -112,6 +138,7 @@ def run_experts_job(
         teacher_model = Parent.from_store(store, job.teacher).load_float(torch.float32)
         teacher_outputs = encoder_outputs_for(teacher_model, False, corpus, train_set, cache_root, progress)
         teacher = Teacher(teacher_model, teacher_outputs)
+    torch.manual_seed(job.training.seed)  # the experts' initial weights
     student: Student = build_student(model, job.method, job.languages, job.spec, seed=job.training.seed)
     log(f"trainable parameters: {student.trainable_parameters:,}")
     batches = language_batches(examples, job.training.batch_size, tokens.eot, seed=job.training.seed)
@@ -125,6 +152,7 @@ def run_experts_job(
         control=student.control,
         expert_key=student.expert_key,
         progress=progress,
+        checkpointing=checkpointing,
     )
     args = {
         "languages_trained": list(job.languages),
@@ -133,7 +161,8 @@ def run_experts_job(
         "training": asdict(job.training),
         "trainable_parameters": student.trainable_parameters,
         "loss": _loss_summary(history),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(time.perf_counter() - started, 1),  # this process's
+        "resumed_from_step": resumed_from,
         "encoder": "live (experts in the encoder)" if live else "frozen, cached outputs",
     }
     variant_id = job.variant_id or job.default_id()

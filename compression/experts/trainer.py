@@ -2,15 +2,18 @@
 
 Loss (DistilWhisper): ``ce_weight * (CE_label-smoothed + L_gate) + kd_weight * JS(teacher, student)``;
 without a teacher the JS term is dropped. Only the parameters handed in train.
+
+With :class:`Checkpointing` a run keeps ``checkpoint.pt`` and ``log.jsonl`` in its run directory (see
+:mod:`compression.experts.checkpoints`) and a later call of the same plan resumes it exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -18,10 +21,13 @@ from tqdm import tqdm
 from transformers import WhisperForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from compression.experts.checkpoints import Checkpointing, RunState
 from compression.experts.data import Batch
 from compression.experts.encoder_outputs import EncoderOutputs
-from compression.experts.losses import gate_budget, js_divergence, label_smoothed_ce
+from compression.experts.losses import IGNORE_INDEX, gate_budget, js_divergence, label_smoothed_ce
 from compression.experts.schedule import MAX_GATE_NOISE, GateNoiseSchedule
+from compression.training.checkpoint import Throughput, append_log
+from compression.training.loop import BatchSource
 from model_store.backends.experts.clsr import ExpertControl
 
 logger = logging.getLogger(__name__)
@@ -77,10 +83,53 @@ def decoder_logits(
     return output.logits
 
 
+def _step(
+    model: WhisperForConditionalGeneration,
+    batch: Batch,
+    step: int,
+    encoder_outputs: EncoderOutputs,
+    config: TrainingConfig,
+    schedule: GateNoiseSchedule,
+    teacher: Teacher | None,
+    control: ExpertControl | None,
+    expert_key: Callable[[str], str],
+) -> tuple[torch.Tensor, StepLog]:
+    """The loss of one batch (to back-propagate) and its log entry."""
+    route = contextlib.nullcontext() if control is None else control.use(expert_key(batch.language))
+    if control is not None:
+        control.noise_scale = schedule.scale(step)
+        control.recorded_gates.clear()
+    with route:
+        hidden = encoder_outputs(batch.examples)
+        logits = decoder_logits(model, hidden, batch)
+    labels = batch.labels.to(logits.device)
+    ce = label_smoothed_ce(logits, labels, config.label_smoothing)
+    gates = control.recorded_gates if control is not None else []
+    budget = gate_budget(gates, config.gate_budget).to(logits.device)
+    loss = config.ce_weight * (ce + budget)
+    js: torch.Tensor | None = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = decoder_logits(teacher.model, teacher.encoder_outputs(batch.examples), batch)
+        js = js_divergence(logits, teacher_logits, labels)
+        loss = loss + config.kd_weight * js
+    mean_gate = float(torch.cat([g.detach().flatten() for g in gates]).mean()) if gates else None
+    entry = StepLog(
+        step,
+        batch.language,
+        float(loss.detach()),
+        float(ce.detach()),
+        None if js is None else float(js.detach()),
+        float(budget.detach()),
+        mean_gate,
+    )
+    return loss, entry
+
+
 def train(
     model: WhisperForConditionalGeneration,
     trainable: list[nn.Parameter],
-    batches: Iterator[Batch],
+    batches: BatchSource,
     encoder_outputs: EncoderOutputs,
     config: TrainingConfig,
     *,
@@ -89,60 +138,81 @@ def train(
     expert_key: Callable[[str], str] = lambda language: language,
     progress: bool = True,
     on_step: Callable[[StepLog], None] | None = None,
+    checkpointing: Checkpointing | None = None,
+    stop_after: int | None = None,
 ) -> list[StepLog]:
-    """Run ``config.steps`` optimiser steps; returns every step's losses."""
+    """Train up to ``config.steps`` optimiser steps on ``batches.batch(step)``; returns every step's losses.
+
+    With ``checkpointing`` the run resumes from its run directory's checkpoint (of the same plan only)
+    and keeps its own there; ``stop_after`` ends this call after that many steps (to resume later).
+    """
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = GateNoiseSchedule(config.steps, config.max_gate_noise)
     if control is not None:
         control.skip_probability = config.skip_probability
+    state: RunState | None = None
+    start, history = 0, []
+    if checkpointing is not None:
+        generators = [control.random] if control is not None else []
+        state = RunState(checkpointing, model, trainable, optimizer, generators)
+        start, done = state.resume()
+        history = [StepLog(**entry) for entry in done]
+    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
     model.train()
     if teacher is not None:
         teacher.model.eval()
-    history: list[StepLog] = []
-    started = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="experts", unit="step", disable=not progress)
-    for step in bar:
-        batch = next(batches)
-        labels = batch.labels
-        route = contextlib.nullcontext() if control is None else control.use(expert_key(batch.language))
+    throughput = Throughput(start, config.steps)
+    bar = tqdm(total=config.steps, initial=start, desc="experts", unit="step", disable=not progress)
+    try:
+        for step in range(start, end):
+            batch = batches.batch(step)
+            loss, entry = _step(
+                model, batch, step, encoder_outputs, config, schedule, teacher, control, expert_key
+            )
+            optimizer.zero_grad(set_to_none=True)
+            if loss.requires_grad:  # not when every expert layer skipped its expert this step
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+            history.append(entry)
+            throughput.add(int((batch.labels != IGNORE_INDEX).sum()))
+            bar.set_postfix(
+                loss=f"{entry.loss:.3f}",
+                ce=f"{entry.ce:.3f}",
+                tok_s=f"{throughput.tokens_per_second():.0f}",
+                lang=batch.language,
+            )
+            bar.update(1)
+            if state is not None:
+                _log_and_save(state, step + 1, end, config.steps, history, throughput)
+            if on_step is not None:
+                on_step(entry)
+    finally:
+        bar.close()
         if control is not None:
-            control.noise_scale = schedule.scale(step)
             control.recorded_gates.clear()
-        with route:
-            hidden = encoder_outputs(batch.examples)
-            logits = decoder_logits(model, hidden, batch)
-        labels = labels.to(logits.device)
-        ce = label_smoothed_ce(logits, labels, config.label_smoothing)
-        gates = control.recorded_gates if control is not None else []
-        budget = gate_budget(gates, config.gate_budget).to(logits.device)
-        loss = config.ce_weight * (ce + budget)
-        js: torch.Tensor | None = None
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = decoder_logits(teacher.model, teacher.encoder_outputs(batch.examples), batch)
-            js = js_divergence(logits, teacher_logits, labels)
-            loss = loss + config.kd_weight * js
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        mean_gate = float(torch.cat([g.detach().flatten() for g in gates]).mean()) if gates else None
-        entry = StepLog(
-            step,
-            batch.language,
-            float(loss.detach()),
-            float(ce.detach()),
-            None if js is None else float(js.detach()),
-            float(budget.detach()),
-            mean_gate,
-        )
-        history.append(entry)
-        bar.set_postfix(loss=f"{entry.loss:.3f}", ce=f"{entry.ce:.3f}", lang=batch.language)
-        if on_step is not None:
-            on_step(entry)
-    if control is not None:
-        control.recorded_gates.clear()
-    model.eval()
-    logger.info("trained %d steps in %.0f s", config.steps, time.perf_counter() - started)
+        model.eval()
+    logger.info("trained steps %d to %d of %d in %.0f s", start, end, config.steps, throughput.elapsed)
     return history
+
+
+def _log_and_save(
+    state: RunState, done: int, end: int, total: int, history: list[StepLog], throughput: Throughput
+) -> None:
+    """After step ``done``: a log line and a checkpoint when their interval (or this call's end) comes."""
+    checkpointing = state.checkpointing
+    if done % checkpointing.log_every == 0 or done in (end, total):
+        eta = throughput.eta_seconds(done)
+        record = {**asdict(history[-1]), "step": done, "tokens_per_second": throughput.tokens_per_second()}
+        append_log(checkpointing.run_dir, record)
+        logger.info(
+            "step %d/%d loss %.4f %.0f tokens/s ETA %s",
+            done,
+            total,
+            history[-1].loss,
+            record["tokens_per_second"],
+            "?" if math.isnan(eta) else f"{eta:.0f} s",
+        )
+    if done % checkpointing.every == 0 or done == end:
+        state.save(done, [asdict(entry) for entry in history])

@@ -12,7 +12,6 @@ Checkpoints are ``<run_dir>/checkpoint.pt`` (the latest, written atomically ever
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -25,10 +24,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-logger = logging.getLogger(__name__)
+from compression.training.checkpoint import (
+    CHECKPOINT,
+    Throughput,
+    append_log,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_atomic,
+)
 
-CHECKPOINT = "checkpoint.pt"
-LOG = "log.jsonl"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,12 +94,6 @@ def _schedule(options: TrainingOptions) -> Callable[[int], float]:
     return factor
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save(payload, temporary)
-    temporary.replace(path)
-
-
 def train(
     objective: Callable[[Any], LossTerms],
     batches: BatchSource,
@@ -120,21 +120,21 @@ def train(
     start = 0
     history: list[dict[str, float]] = []
     checkpoint_path = run_dir / CHECKPOINT
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=True)
+    state = load_checkpoint(run_dir)
+    if state is not None:
         with torch.no_grad():
             for name, parameter in parameters.items():
                 parameter.copy_(state["parameters"][name])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        restore_rng(state["rng"])
         start = int(state["step"])
         history = list(state["history"])
         logger.info("resuming %s at step %d of %d", run_dir, start, options.steps)
     for module in trainable.values():
         module.train()
     started = time.perf_counter()
-    tokens_seen = 0
+    throughput = Throughput(start, options.steps)
     end = options.steps if stop_after is None else min(options.steps, start + stop_after)
     bar = tqdm(total=options.steps, initial=start, desc="training", unit="step", disable=not progress)
     step = start
@@ -146,35 +146,32 @@ def train(
             torch.nn.utils.clip_grad_norm_(list(parameters.values()), options.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            tokens_seen += terms.tokens
-            elapsed = time.perf_counter() - started
+            throughput.add(terms.tokens)
             record = {"step": step + 1, "loss": float(terms.loss.item()), **dict(terms.parts)}
             record["lr"] = float(scheduler.get_last_lr()[0])
-            record["tokens_per_second"] = tokens_seen / elapsed if elapsed else 0.0
+            record["tokens_per_second"] = throughput.tokens_per_second()
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
             bar.update(1)
             if (step + 1) % options.log_every == 0 or step + 1 == options.steps:
-                with (run_dir / LOG).open("a", encoding="utf-8") as log:
-                    log.write(json.dumps(record) + "\n")
-                remaining = (options.steps - step - 1) * elapsed / (step + 1 - start)
+                append_log(run_dir, record)
                 logger.info(
                     "step %d/%d loss %.4f %.0f tokens/s ETA %.0f s",
                     step + 1,
                     options.steps,
                     record["loss"],
                     record["tokens_per_second"],
-                    remaining,
+                    throughput.eta_seconds(step + 1),
                 )
             if (step + 1) % options.checkpoint_every == 0 or step + 1 == end:
-                _save(
+                save_atomic(
                     checkpoint_path,
                     {
                         "step": step + 1,
                         "parameters": {name: p.detach().clone() for name, p in parameters.items()},
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
-                        "rng": torch.get_rng_state(),
+                        "rng": capture_rng(),
                         "history": history,
                         "options": asdict(options),
                     },
