@@ -7,14 +7,17 @@ compare on identical input.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
 from transformers import WhisperTokenizer
 
+from model_store.batching import BatchedDecoder, BatchEncoder, StageObserver
 from model_store.errors import UnsupportedLanguageError
 from model_store.features import log_mel, window
 from model_store.longform import WindowDecoder, transcribe_mel
 from model_store.manifest import Manifest
+from model_store.settings import BatchingSettings
 from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
 from model_store.whisper_tokens import SpecialTokens
 
@@ -45,22 +48,54 @@ class LanguageDecoder(WindowDecoder, Protocol):
 
 
 class WindowTranscriber:
-    """Transcribes audio of any length with a backend's :class:`LanguageDecoder`."""
+    """Transcribes audio of any length with a backend's :class:`LanguageDecoder`.
 
-    def __init__(self, manifest: Manifest, decoder: LanguageDecoder, n_mels: int) -> None:
+    With ``batching``, the windows of concurrent requests share the backend's engine calls (see
+    :mod:`model_store.batching`); a backend without ``encode_batch`` runs unbatched.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        decoder: LanguageDecoder,
+        n_mels: int,
+        batching: BatchingSettings | None = None,
+    ) -> None:
         self.manifest = manifest
         self._decoder = decoder
         self.n_mels = n_mels
+        self.batching: BatchedDecoder | None = None
+        if batching is not None and batching.max_batch > 1 and isinstance(decoder, BatchEncoder):
+            self.batching = BatchedDecoder(decoder, batching, manifest.id)
+        self._driver: LanguageDecoder = self.batching or decoder
 
     @property
     def languages(self) -> list[str]:
         return list(self._decoder.tokens.languages) or ["en"]
 
+    def observe_batches(self, observer: StageObserver | None) -> None:
+        """Report each batched engine call to ``observer`` (nothing happens when unbatched)."""
+        if self.batching is not None:
+            self.batching.observe(observer)
+
     def detect_language(self, audio: Audio) -> dict[str, float]:
         mel = log_mel(audio, self.n_mels)
-        return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+        with self._session():
+            return self._driver.language_probabilities(self._driver.encode(window(mel, 0)))
 
     def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
+        with self._session():
+            return self._transcribe(audio, options)
+
+    def close(self) -> None:
+        """Stop batching (the subclasses release the model)."""
+        if self.batching is not None:
+            self.batching.close()
+
+    def _session(self) -> contextlib.AbstractContextManager[None]:
+        return self.batching.session() if self.batching is not None else contextlib.nullcontext()
+
+    def _transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel(audio, self.n_mels)
         content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
@@ -68,8 +103,8 @@ class WindowTranscriber:
         language_token = (
             self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
         )
-        self._decoder.seed_sampling(options.seed)
-        segments = transcribe_mel(self._decoder, mel, content_frames, language_token, options, language)
+        self._driver.seed_sampling(options.seed)
+        segments = transcribe_mel(self._driver, mel, content_frames, language_token, options, language)
         return Transcription(
             text="".join(segment.text for segment in segments).strip(),
             segments=tuple(segments),
@@ -90,6 +125,6 @@ class WindowTranscriber:
             return requested, None, {}
         if not self._decoder.tokens.languages:
             return "en", None, {}
-        probabilities = self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)))
+        probabilities = self._driver.language_probabilities(self._driver.encode(window(mel, 0)))
         language, probability = next(iter(probabilities.items()))
         return language, probability, probabilities
