@@ -1,15 +1,20 @@
 """Dynamic batching benchmark: server throughput at 1, 4 and 16 clients with batching off and on.
 
     HUSH_HOME=.hush python -m tests.bench.bench_batching --store .hush/store   # CPU, 1 thread, ~4 min
-    python -m tests.bench.bench_batching --store .hush/store --threads 0 --per-client 8   # on a GPU
+    python -m tests.bench.bench_batching --store .hush/store --threads 0 --requests 64   # on a GPU
 
 For each mode (``--modes off,on``) it starts hush under uvicorn on a loopback port, pinned to one
-variant (default whisper-base-ct2-int8), and at each level N runs N clients, each sending
-``--per-client`` different dev clips (from the newest corpus under HUSH_HOME, languages given) one
-after another. It prints requests/s, audio seconds/s, latency p50/p95, the mean batch size of the
-encoder and decoder calls (from the server's own ``hush_batch_size`` histogram) and the speed-up over
-the unbatched run at the same level; then whether every response's text equals that of the same clip
-transcribed alone by the unbatched server (the first request of each clip at one client).
+variant (default whisper-base-ct2-int8), and at each level N runs N clients that together send the
+same ``--requests`` dev clips (from the newest corpus under HUSH_HOME, one per language in turn,
+languages given), each client its own clips one after another: every level transcribes the same
+audio. It prints requests/s, audio seconds/s, latency p50/p95, the mean batch size of the encoder and
+decoder calls (from the server's own ``hush_batch_size`` histogram), the speed-up over the unbatched
+run at the same level, and how many responses have exactly the text of their clip sent alone to the
+first mode's server.
+
+Decoding is greedy by default (``--temperatures 0``): a window that falls back to sampling draws from
+CTranslate2's random stream, which is not reproducible across requests (batched or not), so only
+greedy output can be compared exactly.
 
 Not a test: numbers depend on the machine. A table is printed on stdout.
 """
@@ -116,15 +121,15 @@ def send(client: httpx.Client, clips: Sequence[Clip], index: int, model: str) ->
 
 
 def run_level(
-    base_url: str, mode: str, clips: Sequence[Clip], model: str, clients: int, per_client: int
+    base_url: str, mode: str, clips: Sequence[Clip], model: str, clients: int, requests: int
 ) -> Level:
-    """Client ``c`` sends clips ``c, c + clients, ...``: every client different audio at every moment."""
+    """Requests ``0 .. requests-1`` (clip ``r mod len(clips)``), client ``c`` sending ``c, c + clients, ...``."""
 
     def session(client_index: int) -> list[Reply]:
         with httpx.Client(base_url=base_url, timeout=600) as client:
             return [
-                send(client, clips, (client_index + round_ * clients) % len(clips), model)
-                for round_ in range(per_client)
+                send(client, clips, request % len(clips), model)
+                for request in range(client_index, requests, clients)
             ]
 
     before = batch_totals(base_url)
@@ -163,6 +168,7 @@ def serve_and_measure(
             "queue_size": max(levels) * 2,
             "store_poll_seconds": 0,
             "default_variants": [model],
+            "temperatures": [float(t) for t in args.temperatures.split(",")],
         },
     )
     app = create_app(settings, store)
@@ -171,7 +177,7 @@ def serve_and_measure(
         with httpx.Client(base_url=base_url, timeout=600) as client:
             send(client, clips, 0, model)  # warm-up
             single = [send(client, clips, index, model) for index in range(len(clips))] if alone else []
-        measured = [run_level(base_url, mode, clips, model, clients, args.per_client) for clients in levels]
+        measured = [run_level(base_url, mode, clips, model, clients, args.requests) for clients in levels]
         return measured, {reply.clip: reply.text for reply in single if reply.text is not None}
 
 
@@ -206,8 +212,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", default=DEFAULT_VARIANT, help="variant to pin")
     parser.add_argument("--modes", default="off,on", help="runtime.batching.mode values to compare")
     parser.add_argument("--levels", default="1,4,16", help="concurrent clients, comma-separated")
-    parser.add_argument("--per-client", type=int, default=2, help="requests per client at each level")
+    parser.add_argument("--requests", type=int, default=16, help="requests per level (all clients)")
     parser.add_argument("--clips", type=int, default=16, help="different dev clips sent")
+    parser.add_argument(
+        "--temperatures", default="0", help="server.temperatures (greedy by default: see above)"
+    )
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longest clip (one window)")
     parser.add_argument("--threads", type=int, default=1, help="engine threads (runtime.threads; 0: default)")
     parser.add_argument("--workers", type=int, default=1, help="server.workers (raised to max_batch when on)")
@@ -220,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"{len(clips)} dev clips ({sum(c.seconds for c in clips):.0f} s, "
         f"{len({c.language for c in clips})} languages), model {args.model}, threads {args.threads}, "
-        f"max_batch {args.max_batch}, max_wait_ms {args.max_wait_ms:g}",
+        f"max_batch {args.max_batch}, max_wait_ms {args.max_wait_ms:g}, temperatures {args.temperatures}, "
+        f"{args.requests} requests per level",
         flush=True,
     )
     results: list[Level] = []
