@@ -22,11 +22,13 @@ Not a test: numbers depend on the machine. A table is printed on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -146,18 +148,13 @@ def run_level(
     return Level(mode, clients, replies, wall, audio, mean_batch)
 
 
-def serve_and_measure(
-    store: ModelStore,
-    model: str,
-    mode: str,
-    args: argparse.Namespace,
-    clips: Sequence[Clip],
-    *,
-    alone: bool,
-) -> tuple[list[Level], dict[int, str]]:
-    """The levels' measurements, and (``alone``) each clip's text sent by itself, one at a time."""
+def is_ready(base_url: str) -> bool:
+    return httpx.get(f"{base_url}/readyz").status_code == 200
+
+
+def server_settings(store: ModelStore, mode: str, args: argparse.Namespace) -> ServerSettings:
     levels = [int(level) for level in args.levels.split(",")]
-    settings = ServerSettings(
+    return ServerSettings(
         store={"root": store.root, "verify_on_open": False},
         runtime={
             "threads": args.threads,
@@ -167,22 +164,42 @@ def serve_and_measure(
             "workers": args.workers,
             "queue_size": max(levels) * 2,
             "store_poll_seconds": 0,
-            "default_variants": [model],
+            "default_variants": [args.model],
             "temperatures": [float(t) for t in args.temperatures.split(",")],
         },
     )
-    app = create_app(settings, store)
-    with live_server(app) as base_url:
-        wait_until(lambda: httpx.get(f"{base_url}/readyz").status_code == 200, timeout=300, what="readiness")
-        with httpx.Client(base_url=base_url, timeout=600) as client:
-            send(client, clips, 0, model)  # warm-up
-            single = [send(client, clips, index, model) for index in range(len(clips))] if alone else []
-        measured = [run_level(base_url, mode, clips, model, clients, args.requests) for clients in levels]
-        return measured, {reply.clip: reply.text for reply in single if reply.text is not None}
+
+
+def measure(
+    store: ModelStore, args: argparse.Namespace, clips: Sequence[Clip]
+) -> tuple[list[Level], dict[int, str]]:
+    """Every mode's server runs at once; each level is measured mode after mode (round after round), so
+    that a noisy minute on a shared machine slows every mode alike. Also returns each clip's text sent
+    alone to the first mode's server."""
+    modes = args.modes.split(",")
+    levels = [int(level) for level in args.levels.split(",")]
+    with contextlib.ExitStack() as stack:
+        urls = {
+            mode: stack.enter_context(live_server(create_app(server_settings(store, mode, args), store)))
+            for mode in modes
+        }
+        for mode, base_url in urls.items():
+            wait_until(partial(is_ready, base_url), timeout=300, what=f"{mode} readiness")
+            with httpx.Client(base_url=base_url, timeout=600) as client:
+                send(client, clips, 0, args.model)  # warm-up
+        with httpx.Client(base_url=urls[modes[0]], timeout=600) as client:
+            single = [send(client, clips, index, args.model) for index in range(len(clips))]
+        measured: list[Level] = []
+        for clients in levels:
+            for _ in range(args.rounds):
+                for mode, base_url in urls.items():
+                    measured.append(run_level(base_url, mode, clips, args.model, clients, args.requests))
+            print(f"  {clients} clients: done", flush=True)
+    return measured, {reply.clip: reply.text for reply in single if reply.text is not None}
 
 
 def report(results: Sequence[Level], reference: dict[int, str]) -> list[str]:
-    unbatched = {level.clients: level for level in results if level.mode == "off"}
+    unbatched: dict[int, Level] = {}  # the latest unbatched measurement of each level
     lines = [
         f"{'mode':<4} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'audio s/s':>9} "
         f"{'p50 ms':>8} {'p95 ms':>8} {'enc batch':>9} {'dec batch':>9} {'vs off':>6} {'same text':>9}"
@@ -191,6 +208,8 @@ def report(results: Sequence[Level], reference: dict[int, str]) -> list[str]:
         latencies = [reply.latency_s * 1000 for reply in level.replies]
         errors = sum(reply.text is None for reply in level.replies)
         rate = len(level.replies) / level.wall_s
+        if level.mode == "off":
+            unbatched[level.clients] = level
         off = unbatched.get(level.clients)
         speedup = f"{rate / (len(off.replies) / off.wall_s):.2f}x" if off is not None else "-"
         compared = [reply for reply in level.replies if reply.clip in reference]
@@ -213,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--modes", default="off,on", help="runtime.batching.mode values to compare")
     parser.add_argument("--levels", default="1,4,16", help="concurrent clients, comma-separated")
     parser.add_argument("--requests", type=int, default=16, help="requests per level (all clients)")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each level and mode")
     parser.add_argument("--clips", type=int, default=16, help="different dev clips sent")
     parser.add_argument(
         "--temperatures", default="0", help="server.temperatures (greedy by default: see above)"
@@ -233,14 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.requests} requests per level",
         flush=True,
     )
-    results: list[Level] = []
-    reference: dict[int, str] = {}
-    for mode in args.modes.split(","):
-        # The reference text of a clip: the first mode's (unbatched by default) with the clip sent alone.
-        levels, texts = serve_and_measure(store, args.model, mode, args, clips, alone=not reference)
-        reference = reference or texts
-        results += levels
-        print(f"  {mode}: done", flush=True)
+    results, reference = measure(store, args, clips)
     print("\n".join(report(results, reference)))
 
 
