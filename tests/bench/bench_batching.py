@@ -25,7 +25,7 @@ import argparse
 import contextlib
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -198,6 +198,57 @@ def measure(
     return measured, {reply.clip: reply.text for reply in single if reply.text is not None}
 
 
+def engine_timings(store: ModelStore, args: argparse.Namespace, clips: Sequence[Clip]) -> list[str]:
+    """The engine alone, no server: ``--engine-batch`` windows encoded and decoded (greedy, language
+    given) one by one, then as one batch; best of ``--rounds``."""
+    from model_store.audio import decode_audio
+    from model_store.backends.ctranslate2_backend import CTranslate2WindowDecoder
+    from model_store.features import log_mel, window
+    from model_store.opener import open_variant
+    from model_store.settings import RuntimeSettings
+
+    runtime = RuntimeSettings(threads=args.threads, batching={"mode": "off"})
+    transcriber = open_variant(store, args.model, runtime, verify=False)
+    decoder = getattr(transcriber, "_decoder", None)
+    if not isinstance(decoder, CTranslate2WindowDecoder):
+        raise SystemExit(f"--engine-only times CTranslate2 variants; {args.model} is not one")
+    chosen = list(clips[: args.engine_batch])
+    windows = [window(log_mel(decode_audio(clip.data), int(decoder.model.n_mels)), 0) for clip in chosen]
+    tokens = decoder.tokens
+    prompts = [[tokens.sot, tokens.languages[clip.language], tokens.transcribe] for clip in chosen]
+    greedy = partial(decoder.decode, temperature=0.0, max_new_tokens=224, with_timestamps=True)
+    greedy_batch = partial(
+        decoder.decode_batch,
+        temperature=0.0,
+        max_new_tokens=224,
+        with_timestamps=True,
+        repetition_limits=[None] * len(prompts),
+    )
+
+    def best(work: Callable[[], object]) -> float:
+        seconds = []
+        for _ in range(args.rounds):
+            started = time.perf_counter()
+            work()
+            seconds.append(time.perf_counter() - started)
+        return min(seconds)
+
+    encoded = decoder.encode_batch(windows)
+    one_by_one = [
+        best(lambda: [decoder.encode(features) for features in windows]),
+        best(lambda: [greedy(e, p) for e, p in zip(encoded, prompts, strict=True)]),
+    ]
+    batched = [
+        best(lambda: decoder.encode_batch(windows)),
+        best(lambda: greedy_batch(encoded, prompts)),
+    ]
+    transcriber.close()
+    lines = [f"engine only, {len(chosen)} windows, best of {args.rounds}: one by one vs one batch"]
+    for stage, alone, together in zip(("encode", "decode"), one_by_one, batched, strict=True):
+        lines.append(f"  {stage}: {alone:6.2f} s vs {together:6.2f} s ({alone / together:.2f}x)")
+    return lines
+
+
 def report(results: Sequence[Level], reference: dict[int, str]) -> list[str]:
     unbatched: dict[int, Level] = {}  # the latest unbatched measurement of each level
     lines = [
@@ -233,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--levels", default="1,4,16", help="concurrent clients, comma-separated")
     parser.add_argument("--requests", type=int, default=16, help="requests per level (all clients)")
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each level and mode")
+    parser.add_argument("--engine-only", action="store_true", help="time the engine's batches, no server")
+    parser.add_argument("--engine-batch", type=int, default=4, help="windows per batch with --engine-only")
     parser.add_argument("--clips", type=int, default=16, help="different dev clips sent")
     parser.add_argument(
         "--temperatures", default="0", help="server.temperatures (greedy by default: see above)"
@@ -253,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.requests} requests per level",
         flush=True,
     )
+    if args.engine_only:
+        print("\n".join(engine_timings(store, args, clips)))
+        return
     results, reference = measure(store, args, clips)
     print("\n".join(report(results, reference)))
 
