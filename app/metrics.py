@@ -269,7 +269,11 @@ class HushMetrics:
         self.loaded_memory.labels(variant=variant_id).set(memory_bytes)
 
     def batch_observer(self, variant_id: str) -> Callable[[str, int, float], None]:
-        """What a batched transcriber of ``variant_id`` reports each engine call to."""
+        """What a batched transcriber of ``variant_id`` reports each engine call to (its series start
+        at zero now, when it loads)."""
+        for stage in BATCH_STAGES:
+            self.batch_size.labels(variant=variant_id, stage=stage)
+            self.batch_wait.labels(variant=variant_id, stage=stage)
 
         def observe(stage: str, size: int, waited_seconds: float) -> None:
             self.batch_size.labels(variant=variant_id, stage=stage).observe(size)

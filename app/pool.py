@@ -241,7 +241,7 @@ class VariantPool:
             logger.info("loaded %s in %.2f s (~%d MB)", slot.manifest.id, seconds, slot.memory_bytes >> 20)
             if self._metrics is not None:
                 self._metrics.variant_loaded(slot.manifest.id, seconds, slot.memory_bytes)
-                if isinstance(transcriber, ObservesBatches):
+                if isinstance(transcriber, ObservesBatches) and transcriber.batched:
                     transcriber.observe_batches(self._metrics.batch_observer(slot.manifest.id))
             return transcriber
 

@@ -78,6 +78,11 @@ class BatchDecoder(Protocol):
 class ObservesBatches(Protocol):
     """A transcriber that can report its batched engine calls (the server's metrics)."""
 
+    @property
+    def batched(self) -> bool:
+        """Whether this transcriber was opened with batching active."""
+        ...
+
     def observe_batches(self, observer: StageObserver | None) -> None: ...
 
 

@@ -73,6 +73,10 @@ class WindowTranscriber:
     def languages(self) -> list[str]:
         return list(self._decoder.tokens.languages) or ["en"]
 
+    @property
+    def batched(self) -> bool:
+        return self.batching is not None
+
     def observe_batches(self, observer: StageObserver | None) -> None:
         """Report each batched engine call to ``observer`` (nothing happens when unbatched)."""
         if self.batching is not None:
