@@ -24,6 +24,9 @@ UNLOAD_CAUSES = ("evicted", "removed", "replaced", "shutdown")
 REAL_TIME_FACTOR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 CER_SOURCES = ("feedback", "shadow")
 FEEDBACK_OUTCOMES = ("scored", "unknown", "expired", "duplicate", "empty_reference")
+# Calls merged into one engine call (dynamic batching): powers of two up to the largest sensible batch.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_STAGES = ("encode", "decode", "detect")
 SHADOW_OUTCOMES = ("scored", "shed", "failed", "no_reference", "is_reference")
 
 
@@ -106,6 +109,21 @@ class HushMetrics:
             registry=registry,
         )
 
+        self.batch_size = Histogram(
+            "hush_batch_size",
+            "Calls merged into each engine call by dynamic batching, by variant and stage (encode, decode, "
+            "detect); only variants opened with batching active report.",
+            ["variant", "stage"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_wait = Histogram(
+            "hush_batch_wait_seconds",
+            "Time the oldest call of each batch waited for company and for the engine, by variant and stage.",
+            ["variant", "stage"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
         self.real_time_factor = Histogram(
             "hush_inference_real_time_factor",
             "Seconds of inference per second of audio (below 1: faster than real time).",
@@ -249,6 +267,19 @@ class HushMetrics:
         self.model_loads.labels(variant=variant_id).inc()
         self.model_load_duration.labels(variant=variant_id).observe(seconds)
         self.loaded_memory.labels(variant=variant_id).set(memory_bytes)
+
+    def batch_observer(self, variant_id: str) -> Callable[[str, int, float], None]:
+        """What a batched transcriber of ``variant_id`` reports each engine call to (its series start
+        at zero now, when it loads)."""
+        for stage in BATCH_STAGES:
+            self.batch_size.labels(variant=variant_id, stage=stage)
+            self.batch_wait.labels(variant=variant_id, stage=stage)
+
+        def observe(stage: str, size: int, waited_seconds: float) -> None:
+            self.batch_size.labels(variant=variant_id, stage=stage).observe(size)
+            self.batch_wait.labels(variant=variant_id, stage=stage).observe(waited_seconds)
+
+        return observe
 
     def variant_unloaded(self, variant_id: str, cause: str) -> None:
         self.model_unloads.labels(variant=variant_id, cause=cause).inc()

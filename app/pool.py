@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from app.metrics import HushMetrics
+from model_store.batching import ObservesBatches
 from model_store.errors import VariantNotFoundError
 from model_store.manifest import Manifest
 from model_store.opener import open_variant
@@ -240,6 +241,8 @@ class VariantPool:
             logger.info("loaded %s in %.2f s (~%d MB)", slot.manifest.id, seconds, slot.memory_bytes >> 20)
             if self._metrics is not None:
                 self._metrics.variant_loaded(slot.manifest.id, seconds, slot.memory_bytes)
+                if isinstance(transcriber, ObservesBatches) and transcriber.batched:
+                    transcriber.observe_batches(self._metrics.batch_observer(slot.manifest.id))
             return transcriber
 
     def _release(self, slot: _Slot) -> None:

@@ -37,7 +37,10 @@ class ServerOptions(BaseModel):
         3600.0, gt=0, description="Longest audio accepted; decoding stops and the request gets a 400 past it."
     )
     workers: int = Field(
-        1, ge=1, description="Inference threads per device: requests transcribed at the same time."
+        1,
+        ge=1,
+        description="Inference threads per device: requests transcribed at the same time. With batching "
+        "active (`runtime.batching`), at least `runtime.batching.max_batch` run, so a full batch can meet.",
     )
     background_workers: int = Field(
         1,
@@ -162,3 +165,11 @@ class ServerSettings(HushSettings):
     experiments: ExperimentOptions = Field(default_factory=ExperimentOptions)
     feedback: FeedbackOptions = Field(default_factory=FeedbackOptions)
     shadow: ShadowOptions = Field(default_factory=ShadowOptions)
+
+    def inference_workers(self, device: str) -> int:
+        """Inference threads on ``device``: ``server.workers``, raised to ``max_batch`` when batching is
+        active there (each request runs on its own thread, so fewer threads could never fill a batch)."""
+        batching = self.runtime.batching
+        if batching.active(device):
+            return max(self.server.workers, batching.max_batch)
+        return self.server.workers

@@ -81,7 +81,8 @@ def build_state(
         opener=opener,
         metrics=metrics,
     )
-    queue = InferenceQueue(device, workers=server.workers, capacity=server.queue_size, metrics=metrics)
+    workers = settings.inference_workers(device)
+    queue = InferenceQueue(device, workers=workers, capacity=server.queue_size, metrics=metrics)
     latency = LatencyTracker(server.latency_ewma_alpha)
     policy = RoutingPolicy(server.quality_floor_cer, device)
     detector = LanguageDetector(

@@ -39,7 +39,8 @@ def _open_transformers(
         from model_store.backends.experts.transcriber import ExpertsTranscriber
 
         return ExpertsTranscriber(manifest, directory, device=device, dtype=dtype)
-    return TransformersTranscriber(manifest, directory, device=device, dtype=dtype)
+    batching = runtime.batching if runtime.batching.active(torch.device(device).type) else None
+    return TransformersTranscriber(manifest, directory, device=device, dtype=dtype, batching=batching)
 
 
 def _open_ctranslate2(
@@ -49,7 +50,12 @@ def _open_ctranslate2(
 
     compute_type = compute_type_for(manifest.dtype, device, runtime.cuda_dtype)
     return CTranslate2Transcriber(
-        manifest, directory, device=device, compute_type=compute_type, threads=runtime.threads
+        manifest,
+        directory,
+        device=device,
+        compute_type=compute_type,
+        threads=runtime.threads,
+        batching=runtime.batching if runtime.batching.active(device) else None,
     )
 
 

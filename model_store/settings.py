@@ -21,6 +21,39 @@ class StoreSettings(BaseModel):
     )
 
 
+class BatchingSettings(BaseModel):
+    """Dynamic batching: concurrent requests' windows on one opened variant share engine calls.
+
+    Each request still runs on its own worker thread; its encoder and decoder calls meet those of the
+    other requests in flight on the same variant, and compatible ones (the decoder: same prompt length,
+    temperature, timestamps mode and token budget) run as one batched forward pass. See
+    :mod:`model_store.batching`.
+    """
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="'auto' batches on CUDA and not on the CPU (where a batch costs about as much as its "
+        "calls one by one: the encoder is compute-bound); 'on' / 'off' force it.",
+    )
+    max_batch: int = Field(16, ge=1, description="Most calls merged into one engine call.")
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="Longest a call waits for company; it goes at once when every request in flight on "
+        "the variant is already waiting, so a lone request never waits.",
+    )
+    timeout_seconds: float = Field(
+        600.0, gt=0, description="Longest a caller waits for its batched call's result before giving up."
+    )
+
+    def active(self, device: str) -> bool:
+        """Whether calls on ``device`` (``cpu`` or ``cuda``) are batched."""
+        if self.max_batch < 2 or self.mode == "off":
+            return False
+        return self.mode == "on" or device == "cuda"
+
+
 class RuntimeSettings(BaseModel):
     """How models run on this machine."""
 
@@ -31,6 +64,7 @@ class RuntimeSettings(BaseModel):
     cuda_dtype: Literal["float16", "bfloat16", "float32"] = Field(
         "float16", description="Compute dtype on CUDA for variants stored in float32."
     )
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
 
     def resolved_device(self) -> Literal["cpu", "cuda"]:
         if self.device != "auto":

@@ -21,17 +21,21 @@ from __future__ import annotations
 import gc
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ctranslate2
 import numpy as np
+import numpy.typing as npt
 from transformers import WhisperTokenizer
 
 from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
+from model_store.batching import check_prompt
 from model_store.features import Mel
 from model_store.longform import loop_cut
 from model_store.manifest import Manifest
+from model_store.settings import BatchingSettings
 from model_store.transcription import Word
 from model_store.whisper_tokens import SpecialTokens, load_tokenizer, special_tokens, suppressed_tokens
 from model_store.word_timing import MEDIAN_FILTER_WIDTH, words_from_path
@@ -83,6 +87,17 @@ class CTranslate2WindowDecoder(TokenizerText):
         batch = np.ascontiguousarray(features[None], dtype=np.float32)
         return self.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
 
+    def encode_batch(self, windows: Sequence[Mel]) -> list[Encoded]:
+        """One encoder pass over the stacked windows; each window's output is kept on the host (a
+        (1, positions, width) array) so that any subset can be stacked again for a batched decode (the
+        engine moves it back to its device)."""
+        batch = np.ascontiguousarray(np.stack(windows), dtype=np.float32)
+        encoded = self.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=True)
+        if encoded.dtype == ctranslate2.DataType.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
+            encoded = encoded.to(ctranslate2.DataType.float32)
+        array = np.asarray(encoded)
+        return [array[index : index + 1] for index in range(len(windows))]
+
     def decode(
         self,
         encoded: Any,
@@ -93,23 +108,60 @@ class CTranslate2WindowDecoder(TokenizerText):
         with_timestamps: bool,
         repetition_limit: float | None = None,
     ) -> tuple[list[int], float, float]:
+        check_prompt(self.tokens, prompt, with_timestamps)
+        result = self._generate(_storage(encoded), [prompt], temperature, max_new_tokens)[0]
+        return self._decoded(result, max_new_tokens, repetition_limit)
+
+    def decode_batch(
+        self,
+        encoded: Sequence[Any],
+        prompts: Sequence[list[int]],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
+        repetition_limits: Sequence[float | None],
+    ) -> list[tuple[list[int], float, float]]:
+        """``decode`` of each (window, prompt) in one ``generate``: the prompts must have one length, with
+        <|startoftranscript|> at one index (CTranslate2's requirement), and share the options."""
+        if len({len(prompt) for prompt in prompts}) > 1:
+            raise ValueError("a batched decode needs prompts of one length")
+        for prompt in prompts:
+            check_prompt(self.tokens, prompt, with_timestamps)
+        results = self._generate(_stacked(encoded), list(prompts), temperature, max_new_tokens)
+        return [
+            self._decoded(result, max_new_tokens, limit)
+            for result, limit in zip(results, repetition_limits, strict=True)
+        ]
+
+    def _generate(
+        self,
+        features: ctranslate2.StorageView,
+        prompts: list[list[int]],
+        temperature: float,
+        max_new_tokens: int,
+    ) -> list[Any]:
+        return list(
+            self.model.generate(
+                features,
+                prompts,
+                beam_size=1,
+                max_length=max_length_for(len(prompts[0]), max_new_tokens),
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=self._suppress,
+                sampling_topk=0 if temperature > 0 else 1,
+                sampling_temperature=temperature if temperature > 0 else 1.0,
+            )
+        )
+
+    def _decoded(
+        self, result: Any, max_new_tokens: int, repetition_limit: float | None
+    ) -> tuple[list[int], float, float]:
         # CTranslate2's generate() has no per-step hook to stop a looping window early: it runs to
         # max_length, and the tokens are then cut where the step-by-step check would have stopped, so
         # both backends return the same output for a loop (only the compute is not saved).
-        if with_timestamps == (prompt[-1] == self.tokens.no_timestamps):
-            raise ValueError("the prompt must end with <|notimestamps|> exactly when decoding without them")
-        result = self.model.generate(
-            encoded,
-            [prompt],
-            beam_size=1,
-            max_length=max_length_for(len(prompt), max_new_tokens),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=self._suppress,
-            sampling_topk=0 if temperature > 0 else 1,
-            sampling_temperature=temperature if temperature > 0 else 1.0,
-        )[0]
         sampled = [int(token) for token in result.sequences_ids[0] if token != self.tokens.eot]
         # The score is the mean log-probability over the decoded tokens, end-of-text included when it
         # was reached (the engine counts it before stripping it): undo the mean to get the sum.
@@ -135,7 +187,7 @@ class CTranslate2WindowDecoder(TokenizerText):
             return []
         start = prompt[:-1] if prompt[-1] == self.tokens.no_timestamps else prompt  # align() appends it
         alignment = self.model.align(
-            encoded, start, [text_tokens], frames, median_filter_width=MEDIAN_FILTER_WIDTH
+            _storage(encoded), start, [text_tokens], frames, median_filter_width=MEDIAN_FILTER_WIDTH
         )[0]
         path = np.asarray(alignment.alignments, dtype=np.int64).reshape(-1, 2)
         return words_from_path(
@@ -151,9 +203,35 @@ class CTranslate2WindowDecoder(TokenizerText):
     def language_probabilities(self, encoded: Any) -> dict[str, float]:
         if not self.tokens.languages:
             return {"en": 1.0}
-        scores = self.model.detect_language(encoded)[0]  # [("<|en|>", p), ...], most likely first
+        scores = self.model.detect_language(_storage(encoded))[0]
+        return self._languages(scores)
+
+    def language_probabilities_batch(self, encoded: Sequence[Any]) -> list[dict[str, float]]:
+        if not self.tokens.languages:
+            return [{"en": 1.0} for _ in encoded]
+        return [self._languages(scores) for scores in self.model.detect_language(_stacked(encoded))]
+
+    def _languages(self, scores: list[tuple[str, float]]) -> dict[str, float]:
+        """``[("<|en|>", p), ...]`` (most likely first) as ``{"en": p, ...}`` over the known languages."""
         known = self.tokens.languages
         return {token[2:-2]: float(p) for token, p in scores if token[2:-2] in known}
+
+
+Encoded = npt.NDArray[Any]  # a window's encoder output on the host, (1, positions, width)
+
+
+def _storage(encoded: Any) -> ctranslate2.StorageView:
+    """The engine's view of an encoder output (``encode``'s StorageView, or ``encode_batch``'s array)."""
+    if isinstance(encoded, np.ndarray):
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded))
+    return cast(ctranslate2.StorageView, encoded)
+
+
+def _stacked(encoded: Sequence[Any]) -> ctranslate2.StorageView:
+    """Encoder outputs of several windows as one batch."""
+    if len(encoded) == 1:
+        return _storage(encoded[0])
+    return ctranslate2.StorageView.from_array(np.concatenate([np.asarray(item) for item in encoded]))
 
 
 class CTranslate2Transcriber(WindowTranscriber):
@@ -169,6 +247,7 @@ class CTranslate2Transcriber(WindowTranscriber):
         device: str = "cpu",
         compute_type: str | None = None,
         threads: int = 0,
+        batching: BatchingSettings | None = None,
     ) -> None:
         self.device = device
         self.compute_type = compute_type or compute_type_for(manifest.dtype, device)
@@ -184,10 +263,11 @@ class CTranslate2Transcriber(WindowTranscriber):
         config = json.loads((directory / CT2_CONFIG_FILENAME).read_text(encoding="utf-8"))
         suppress = [int(token) for token in config.get("suppress_ids", [])]
         decoder = CTranslate2WindowDecoder(self.model, tokenizer, tokens, suppress)
-        super().__init__(manifest, decoder, int(self.model.n_mels))
+        super().__init__(manifest, decoder, int(self.model.n_mels), batching)
         logger.debug("opened %s with CTranslate2 (%s, %s)", manifest.id, device, self.compute_type)
 
     def close(self) -> None:
+        super().close()
         del self._decoder
         del self.model
         gc.collect()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 from transformers.modeling_outputs import BaseModelOutput
@@ -18,6 +20,7 @@ from model_store.features import Mel
 from model_store.logit_rules import LogitRules
 from model_store.longform import is_looping
 from model_store.manifest import Manifest
+from model_store.settings import BatchingSettings
 from model_store.transcription import Word
 from model_store.whisper_tokens import SpecialTokens, special_tokens
 from model_store.word_timing import align_words
@@ -77,6 +80,13 @@ class TransformersWindowDecoder(TokenizerText):
     def encode(self, features: Mel | torch.Tensor) -> torch.Tensor:
         batch = torch.as_tensor(features).unsqueeze(0).to(self.device, self.dtype)
         return self.model.model.encoder(batch).last_hidden_state
+
+    @torch.inference_mode()
+    def encode_batch(self, windows: Sequence[Mel]) -> list[torch.Tensor]:
+        """One encoder pass over the stacked windows; each window's output is a (1, positions, width) view."""
+        batch = torch.as_tensor(np.stack(windows)).to(self.device, self.dtype)
+        hidden = self.model.model.encoder(batch).last_hidden_state
+        return [hidden[index : index + 1] for index in range(len(windows))]
 
     @torch.inference_mode()
     def decode(
@@ -223,6 +233,7 @@ class TransformersTranscriber(WindowTranscriber):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         model: WhisperForConditionalGeneration | None = None,
+        batching: BatchingSettings | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.float16)
@@ -233,9 +244,10 @@ class TransformersTranscriber(WindowTranscriber):
         decoder = TransformersWindowDecoder(
             self.model, tokenizer, tokens, generation, self.device, self.dtype
         )
-        super().__init__(manifest, decoder, int(self.model.config.num_mel_bins))
+        super().__init__(manifest, decoder, int(self.model.config.num_mel_bins), batching)
 
     def close(self) -> None:
+        super().close()
         del self.model
         del self._decoder
         gc.collect()

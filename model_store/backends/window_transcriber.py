@@ -7,15 +7,18 @@ compare on identical input.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any, Protocol
 
 from transformers import WhisperTokenizer
 
+from model_store.batching import BatchedDecoder, BatchEncoder, StageObserver
 from model_store.errors import UnsupportedLanguageError
 from model_store.features import encoder_frames, log_mel, window
 from model_store.longform import WindowDecoder, transcribe_mel
 from model_store.manifest import Manifest
+from model_store.settings import BatchingSettings
 from model_store.transcription import CHUNK_FRAMES, SAMPLE_RATE, Audio, TranscribeOptions, Transcription
 from model_store.whisper_tokens import SpecialTokens
 
@@ -48,9 +51,19 @@ class LanguageDecoder(WindowDecoder, Protocol):
 
 
 class WindowTranscriber:
-    """Transcribes audio of any length with a backend's :class:`LanguageDecoder`."""
+    """Transcribes audio of any length with a backend's :class:`LanguageDecoder`.
 
-    def __init__(self, manifest: Manifest, decoder: LanguageDecoder, n_mels: int) -> None:
+    With ``batching``, the windows of concurrent requests share the backend's engine calls (see
+    :mod:`model_store.batching`); a backend without ``encode_batch`` runs unbatched.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        decoder: LanguageDecoder,
+        n_mels: int,
+        batching: BatchingSettings | None = None,
+    ) -> None:
         if manifest.audio_context_seconds is not None and not decoder.accepts_short_windows:
             raise ValueError(
                 f"variant {manifest.id!r} trims the audio context, which its {manifest.backend} backend "
@@ -59,22 +72,48 @@ class WindowTranscriber:
         self.manifest = manifest
         self._decoder = decoder
         self.n_mels = n_mels
+        self.batching: BatchedDecoder | None = None
+        if batching is not None and batching.max_batch > 1 and isinstance(decoder, BatchEncoder):
+            self.batching = BatchedDecoder(decoder, batching, manifest.id)
+        self._driver: LanguageDecoder = self.batching or decoder
 
     @property
     def languages(self) -> list[str]:
         return list(self._decoder.tokens.languages) or ["en"]
 
-    def detect_language(self, audio: Audio) -> dict[str, float]:
-        return self._first_window_languages(log_mel(audio, self.n_mels))
+    @property
+    def batched(self) -> bool:
+        return self.batching is not None
 
-    def _first_window_languages(self, mel: Any) -> dict[str, float]:
-        content_frames = min(CHUNK_FRAMES, mel.shape[-1] - CHUNK_FRAMES)
-        frames = encoder_frames(content_frames, self.manifest.audio_context_seconds)
-        return self._decoder.language_probabilities(self._decoder.encode(window(mel, 0)[:, :frames]))
+    def observe_batches(self, observer: StageObserver | None) -> None:
+        """Report each batched engine call to ``observer`` (nothing happens when unbatched)."""
+        if self.batching is not None:
+            self.batching.observe(observer)
+
+    def detect_language(self, audio: Audio) -> dict[str, float]:
+        with self._session():
+            return self._first_window_languages(log_mel(audio, self.n_mels))
 
     def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         if not self.manifest.timestamps:  # trained on text only: timestamp tokens would be off its data
             options = replace(options, without_timestamps=True)
+        with self._session():
+            return self._transcribe(audio, options)
+
+    def close(self) -> None:
+        """Stop batching (the subclasses release the model)."""
+        if self.batching is not None:
+            self.batching.close()
+
+    def _session(self) -> contextlib.AbstractContextManager[None]:
+        return self.batching.session() if self.batching is not None else contextlib.nullcontext()
+
+    def _first_window_languages(self, mel: Any) -> dict[str, float]:
+        content_frames = min(CHUNK_FRAMES, mel.shape[-1] - CHUNK_FRAMES)
+        frames = encoder_frames(content_frames, self.manifest.audio_context_seconds)
+        return self._driver.language_probabilities(self._driver.encode(window(mel, 0)[:, :frames]))
+
+    def _transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel(audio, self.n_mels)
         content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
@@ -82,9 +121,9 @@ class WindowTranscriber:
         language_token = (
             self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
         )
-        self._decoder.seed_sampling(options.seed)
+        self._driver.seed_sampling(options.seed)
         segments = transcribe_mel(
-            self._decoder,
+            self._driver,
             mel,
             content_frames,
             language_token,

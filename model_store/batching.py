@@ -1,0 +1,261 @@
+"""Dynamic batching at the window-decoder level: concurrent requests on one variant share forward passes.
+
+Every request keeps running hush's long-form driver (:mod:`model_store.longform`) on its own thread and
+calls ``encode`` / ``decode`` / ``language_probabilities`` as before. :class:`BatchedDecoder` sits
+between the driver and the backend's decoder and sends those calls through one
+:class:`~model_store.micro_batcher.MicroBatcher` per opened variant, which merges compatible calls:
+
+* encoder: any windows (the features of a window always have the same shape): stacked, one pass;
+* decoder: same prompt length and position of <|startoftranscript|>, temperature, timestamps mode and
+  token budget: one ``generate`` with N prompts (CTranslate2 needs equal prompt lengths with the start
+  token at the same index, and takes its decoding options per call);
+* language detection: any windows.
+
+A call that has no compatible company runs alone, after at most ``max_wait_ms`` (and at once when
+every request in flight on the variant is already waiting). The backend opts in per stage by providing
+``encode_batch`` (:class:`BatchEncoder`) and ``decode_batch`` + ``language_probabilities_batch``
+(:class:`BatchDecoder`); a stage it does not batch calls straight through.
+
+Why here and not around whole requests: requests differ in length, language, prompt and fallback
+schedule, but their windows have the same shape, so the window is the unit that batches; the driver's
+logic (fallback, segments, timestamps) stays untouched and identical for batched and lone requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast, runtime_checkable
+
+from model_store.features import Mel
+from model_store.micro_batcher import MicroBatcher
+from model_store.settings import BatchingSettings
+from model_store.transcription import Word
+from model_store.whisper_tokens import SpecialTokens
+
+Stage = Literal["encode", "decode", "detect"]
+STAGES: tuple[Stage, ...] = ("encode", "decode", "detect")
+StageObserver = Callable[[Stage, int, float], None]
+"""Called after each engine call with its stage, batch size and the wait of its oldest call (seconds)."""
+
+DecodeResult = tuple[list[int], float, float]  # tokens, summed log-probability, no-speech probability
+
+
+@runtime_checkable
+class BatchEncoder(Protocol):
+    """A backend that encodes several windows in one pass."""
+
+    def encode_batch(self, windows: Sequence[Mel]) -> list[Any]:
+        """One encoder output per window, each usable by the backend's ``decode`` and ``words``."""
+        ...
+
+
+@runtime_checkable
+class BatchDecoder(Protocol):
+    """A backend that decodes several windows with prompts of one length in one call."""
+
+    def decode_batch(
+        self,
+        encoded: Sequence[Any],
+        prompts: Sequence[list[int]],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
+        repetition_limits: Sequence[float | None],
+    ) -> list[DecodeResult]:
+        """What ``decode`` returns for each (encoded, prompt), computed in one engine call."""
+        ...
+
+    def language_probabilities_batch(self, encoded: Sequence[Any]) -> list[dict[str, float]]:
+        """What ``language_probabilities`` returns for each encoded window, in one engine call."""
+        ...
+
+
+@runtime_checkable
+class ObservesBatches(Protocol):
+    """A transcriber that can report its batched engine calls (the server's metrics)."""
+
+    @property
+    def batched(self) -> bool:
+        """Whether this transcriber was opened with batching active."""
+        ...
+
+    def observe_batches(self, observer: StageObserver | None) -> None: ...
+
+
+def check_prompt(tokens: SpecialTokens, prompt: list[int], with_timestamps: bool) -> None:
+    """Refuse a prompt whose last token disagrees with the timestamps mode (before it joins a batch)."""
+    if with_timestamps == (prompt[-1] == tokens.no_timestamps):
+        raise ValueError("the prompt must end with <|notimestamps|> exactly when decoding without them")
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Calls with equal keys run in one engine call."""
+
+    stage: Stage
+    frames: int = 0  # encoder input frames (encode) or encoder output positions (decode, detect)
+    prompt_length: int = 0
+    sot_index: int = 0
+    temperature: float = 0.0
+    max_new_tokens: int = 0
+    with_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class _DecodeItem:
+    encoded: Any
+    prompt: list[int]
+    repetition_limit: float | None
+
+
+class BatchedDecoder:
+    """A backend decoder whose calls from concurrent requests are merged into batches.
+
+    Implements :class:`~model_store.backends.window_transcriber.LanguageDecoder`. Requests announce
+    themselves with :meth:`session`, so that the dispatcher knows when nobody else can join a batch.
+    """
+
+    def __init__(self, inner: Any, settings: BatchingSettings, name: str) -> None:
+        self.inner: Any = inner  # a LanguageDecoder (typed loosely: that protocol is built on this module)
+        if not isinstance(self.inner, BatchEncoder):
+            raise TypeError(f"{type(inner).__name__} cannot encode in batches (no encode_batch)")
+        self.tokens: SpecialTokens = inner.tokens
+        # Trimmed audio contexts give windows of several lengths: only equal shapes share a batch.
+        self.accepts_short_windows: bool = bool(inner.accepts_short_windows)
+        self.batches_decoding = isinstance(inner, BatchDecoder)
+        self._sessions = 0
+        self._sessions_lock = threading.Lock()
+        self._observer: StageObserver | None = None
+        self._batcher: MicroBatcher[BatchKey, object, object] = MicroBatcher(
+            name,
+            self._run,
+            max_batch=settings.max_batch,
+            max_wait_seconds=settings.max_wait_ms / 1000,
+            timeout_seconds=settings.timeout_seconds,
+            expected_callers=self._active_sessions,
+            observer=self._observed,
+        )
+
+    @property
+    def max_batch(self) -> int:
+        return self._batcher.max_batch
+
+    def observe(self, observer: StageObserver | None) -> None:
+        """Report every engine call (batch size, wait) to ``observer`` (metrics)."""
+        self._observer = observer
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Mark one request in flight on this variant for as long as the block runs."""
+        with self._sessions_lock:
+            self._sessions += 1
+        try:
+            yield
+        finally:
+            with self._sessions_lock:
+                self._sessions -= 1
+            self._batcher.wake()  # the calls waiting for this request need not wait any longer
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    # ---- LanguageDecoder ------------------------------------------------------------------------
+
+    def encode(self, features: Mel) -> Any:
+        return self._batcher.submit(BatchKey("encode", frames=int(features.shape[-1])), features)
+
+    def decode(
+        self,
+        encoded: Any,
+        prompt: list[int],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
+        repetition_limit: float | None = None,
+    ) -> DecodeResult:
+        if not self.batches_decoding:
+            return cast(
+                DecodeResult,
+                self.inner.decode(
+                    encoded,
+                    prompt,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    with_timestamps=with_timestamps,
+                    repetition_limit=repetition_limit,
+                ),
+            )
+        check_prompt(self.tokens, prompt, with_timestamps)
+        key = BatchKey(
+            "decode",
+            frames=_positions(encoded),
+            prompt_length=len(prompt),
+            sot_index=prompt.index(self.tokens.sot),
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            with_timestamps=with_timestamps,
+        )
+        return cast(DecodeResult, self._batcher.submit(key, _DecodeItem(encoded, prompt, repetition_limit)))
+
+    def language_probabilities(self, encoded: Any) -> dict[str, float]:
+        if not self.batches_decoding or not self.tokens.languages:
+            return cast(dict[str, float], self.inner.language_probabilities(encoded))
+        return cast(
+            dict[str, float], self._batcher.submit(BatchKey("detect", frames=_positions(encoded)), encoded)
+        )
+
+    def words(
+        self,
+        encoded: Any,
+        prompt: list[int],
+        text_tokens: list[int],
+        language: str,
+        time_offset: float,
+        frames: int,
+    ) -> list[Word]:
+        return cast(list[Word], self.inner.words(encoded, prompt, text_tokens, language, time_offset, frames))
+
+    def seed_sampling(self, seed: int) -> None:
+        self.inner.seed_sampling(seed)
+
+    def text(self, tokens: list[int]) -> str:
+        return cast(str, self.inner.text(tokens))
+
+    def text_tokens(self, text: str) -> list[int]:
+        return cast(list[int], self.inner.text_tokens(text))
+
+    # ---- the dispatcher's side ------------------------------------------------------------------
+
+    def _active_sessions(self) -> int:
+        with self._sessions_lock:
+            return self._sessions
+
+    def _run(self, key: BatchKey, items: list[object]) -> Sequence[object]:
+        if key.stage == "encode":
+            return cast(BatchEncoder, self.inner).encode_batch(cast(list[Mel], items))
+        decoder = cast(BatchDecoder, self.inner)
+        if key.stage == "detect":
+            return decoder.language_probabilities_batch(items)
+        calls = cast(list[_DecodeItem], items)
+        return decoder.decode_batch(
+            [call.encoded for call in calls],
+            [call.prompt for call in calls],
+            temperature=key.temperature,
+            max_new_tokens=key.max_new_tokens,
+            with_timestamps=key.with_timestamps,
+            repetition_limits=[call.repetition_limit for call in calls],
+        )
+
+    def _observed(self, key: BatchKey, size: int, waited: float) -> None:
+        if self._observer is not None:
+            self._observer(key.stage, size, waited)
+
+
+def _positions(encoded: Any) -> int:
+    """The encoder output's positions: ``(1, positions, width)``."""
+    return int(encoded.shape[1])
