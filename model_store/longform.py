@@ -237,9 +237,12 @@ def transcribe_mel(
     options: TranscribeOptions,
     language: str = "en",
     audio_context_seconds: float | None = None,
+    first_window_encoded: Any | None = None,
 ) -> list[Segment]:
     """Segments of the audio whose features are ``mel`` (content followed by 30 s of padding);
-    ``audio_context_seconds`` trims each window's encoder input (:func:`encoder_frames`)."""
+    ``audio_context_seconds`` trims each window's encoder input (:func:`encoder_frames`);
+    ``first_window_encoded``, when given, is the encoder output of the first window (already computed
+    to detect the language)."""
     special = decoder.tokens
     task_token = special.translate if options.task == "translate" else special.transcribe
     # English-only models take no language or task token (OpenAI Whisper's sot sequence is just <|sot|>).
@@ -255,7 +258,11 @@ def transcribe_mel(
     while seek < content_frames:
         window_frames = min(CHUNK_FRAMES, content_frames - seek)
         time_offset = seek / FRAMES_PER_SECOND
-        encoded = decoder.encode(window(mel, seek)[:, : encoder_frames(window_frames, audio_context_seconds)])
+        if seek == 0 and first_window_encoded is not None:
+            encoded = first_window_encoded
+        else:
+            frames = encoder_frames(window_frames, audio_context_seconds)
+            encoded = decoder.encode(window(mel, seek)[:, :frames])
         previous = history[prompt_reset_since:][-MAX_PROMPT_TOKENS:]
         prompt = ([special.start_of_prev, *previous] if previous else []) + task_prompt
         room = MAX_TARGET_LENGTH - len(prompt)  # the decoder's positions end at 448

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from transformers import WhisperTokenizer
 
 from model_store.batching import BatchedDecoder, BatchEncoder, StageObserver
+from model_store.encoded_windows import EncodedWindows
 from model_store.errors import UnsupportedLanguageError
 from model_store.features import encoder_frames, log_mel, window
 from model_store.longform import WindowDecoder, transcribe_mel
@@ -76,6 +77,7 @@ class WindowTranscriber:
         if batching is not None and batching.max_batch > 1 and isinstance(decoder, BatchEncoder):
             self.batching = BatchedDecoder(decoder, batching, manifest.id)
         self._driver: LanguageDecoder = self.batching or decoder
+        self._encoded_first_windows = EncodedWindows()
 
     @property
     def languages(self) -> list[str]:
@@ -108,16 +110,22 @@ class WindowTranscriber:
     def _session(self) -> contextlib.AbstractContextManager[None]:
         return self.batching.session() if self.batching is not None else contextlib.nullcontext()
 
-    def _first_window_languages(self, mel: Any) -> dict[str, float]:
+    def _first_window(self, mel: Any) -> Any:
+        """The encoder's input for the first window (trimmed where the variant trims its context)."""
         content_frames = min(CHUNK_FRAMES, mel.shape[-1] - CHUNK_FRAMES)
-        frames = encoder_frames(content_frames, self.manifest.audio_context_seconds)
-        return self._driver.language_probabilities(self._driver.encode(window(mel, 0)[:, :frames]))
+        return window(mel, 0)[:, : encoder_frames(content_frames, self.manifest.audio_context_seconds)]
+
+    def _first_window_languages(self, mel: Any) -> dict[str, float]:
+        """Languages of the first window; its encoder output is kept for the transcription to reuse."""
+        encoded = self._encoded_first_windows.remember(self._first_window(mel), self._driver.encode)
+        return self._driver.language_probabilities(encoded)
 
     def _transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel(audio, self.n_mels)
         content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
         language, probability, all_probabilities = self._resolve_language(options.language, mel)
+        first_window_encoded = self._encoded_first_windows.take(self._first_window(mel))
         language_token = (
             self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
         )
@@ -130,6 +138,7 @@ class WindowTranscriber:
             options,
             language,
             self.manifest.audio_context_seconds,
+            first_window_encoded,
         )
         return Transcription(
             text="".join(segment.text for segment in segments).strip(),
