@@ -30,6 +30,7 @@ from compression.distill.students import (
     shrink_student,
 )
 from compression.distill.teacher_memo import TeacherMemo
+from compression.training.checkpoint import PlanMismatchError
 from compression.training.dataset import CachedBatches, Example
 from compression.training.encoder_cache import EncoderCache
 from compression.training.loop import TrainingOptions, train
@@ -293,6 +294,21 @@ def test_interrupted_training_resumes_to_the_same_weights(
     )
     for key, value in trainable["student"].state_dict().items():
         torch.testing.assert_close(value, expected[key])
+
+
+def test_a_checkpoint_of_another_plan_is_refused(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration
+) -> None:
+    options = TrainingOptions(steps=4, learning_rate=1e-3, warmup_steps=1, checkpoint_every=1)
+    objective, batches, trainable = training_setup(tmp_path, teacher, "distil-whisper")
+    run = tmp_path / "run"
+    plan = {"preset": "distil-whisper", "steps": 4, "languages": ("en",)}
+    train(objective, batches, trainable, options, run, progress=False, stop_after=2, plan=plan)
+    other = {**plan, "preset": "dq-whisper"}
+    with pytest.raises(PlanMismatchError, match="differs in: preset"):
+        train(objective, batches, trainable, options, run, progress=False, plan=other)
+    resumed = train(objective, batches, trainable, options, run, progress=False, plan=plan)
+    assert resumed.resumed_from == 2 and resumed.steps == 4  # the same plan (tuples or lists) resumes
 
 
 def test_teacher_memo_gives_the_teachers_own_outputs(

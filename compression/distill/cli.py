@@ -75,7 +75,17 @@ def distill_command(
         eval_dev=eval_dev,
         replace=replace,
     )
-    outcome = run_distillation(settings, ModelStore(settings.store.root), plan)
+    from compression.training.checkpoint import PlanMismatchError
+
+    try:
+        outcome = run_distillation(settings, ModelStore(settings.store.root), plan)
+    except PlanMismatchError as error:
+        typer.echo(
+            f"{error}; train under another --id, or delete {settings.runs_dir / 'distill' / variant_id} "
+            "to start this one afresh",
+            err=True,
+        )
+        raise typer.Exit(2) from None
     manifest = outcome.manifest
     typer.echo(
         f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent}, {manifest.parameters:,} "

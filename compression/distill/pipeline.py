@@ -185,7 +185,10 @@ def run_distillation(
         options = TrainingOptions(
             steps=plan.steps, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
         )
-        result = train(objective, batches, trainable, options, run_dir, progress=progress)
+        training_plan = {
+            key: value for key, value in asdict(plan).items() if key not in ("replace", "eval_dev")
+        }
+        result = train(objective, batches, trainable, options, run_dir, progress=progress, plan=training_plan)
         report["training"] = {
             "steps": result.steps,
             "resumed_from": result.resumed_from,

@@ -29,7 +29,9 @@ from compression.training.checkpoint import (
     Throughput,
     append_log,
     capture_rng,
+    check_plan,
     load_checkpoint,
+    normalised_plan,
     restore_rng,
     save_atomic,
 )
@@ -103,12 +105,18 @@ def train(
     *,
     progress: bool = True,
     stop_after: int | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> TrainingResult:
     """Train until ``options.steps`` (resuming from ``run_dir`` if it holds a checkpoint).
 
-    ``stop_after`` ends the call after that many steps of this call (for tests of resumption).
+    ``plan`` (what the run trains, as plain data) is saved in each checkpoint, and a checkpoint of
+    another plan is refused (:class:`~compression.training.checkpoint.PlanMismatchError`) instead of
+    being resumed. ``stop_after`` ends the call after that many steps of this call (for tests of
+    resumption).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if plan is not None:
+        check_plan(run_dir, plan)
     torch.manual_seed(options.seed)
     parameters = _trainable(trainable)
     if not parameters:
@@ -174,6 +182,7 @@ def train(
                         "rng": capture_rng(),
                         "history": history,
                         "options": asdict(options),
+                        "plan": None if plan is None else normalised_plan(plan),
                     },
                 )
     finally:
