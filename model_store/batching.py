@@ -5,11 +5,11 @@ calls ``encode`` / ``decode`` / ``language_probabilities`` as before. :class:`Ba
 between the driver and the backend's decoder and sends those calls through one
 :class:`~model_store.micro_batcher.MicroBatcher` per opened variant, which merges compatible calls:
 
-* encoder: any windows (the features of a window always have the same shape): stacked, one pass;
+* encoder: windows of one length (always 30 s, except for trimmed audio contexts): stacked, one pass;
 * decoder: same prompt length and position of <|startoftranscript|>, temperature, timestamps mode and
   token budget: one ``generate`` with N prompts (CTranslate2 needs equal prompt lengths with the start
   token at the same index, and takes its decoding options per call);
-* language detection: any windows.
+* language detection: encoder outputs of one length.
 
 A call that has no compatible company runs alone, after at most ``max_wait_ms`` (and at once when
 every request in flight on the variant is already waiting). The backend opts in per stage by providing
@@ -17,7 +17,7 @@ every request in flight on the variant is already waiting). The backend opts in 
 (:class:`BatchDecoder`); a stage it does not batch calls straight through.
 
 Why here and not around whole requests: requests differ in length, language, prompt and fallback
-schedule, but their windows have the same shape, so the window is the unit that batches; the driver's
+schedule, but their windows mostly have the same shape, so the window is the unit that batches; the driver's
 logic (fallback, segments, timestamps) stays untouched and identical for batched and lone requests.
 """
 

@@ -1,10 +1,10 @@
 """Recent first-window encoder outputs of one opened variant, keyed by the window's features.
 
-A request without a language is detected on its first window, then transcribed from that same window:
-when one variant does both (the server's detection variant is often the one it routes to, and a
-transcriber asked for no language detects it itself), the encoder pass, the bulk of a short clip's
-cost, would run twice on identical input. The detection remembers its encoder output here, and the
-transcription takes it back. Keys are a digest of the features themselves, so only identical input is
+The server detects a request's language on its first window with its detection variant, then
+transcribes the clip on the variant it routes to, often the same one: the encoder pass, the bulk of a
+short clip's cost, would run twice on identical input. ``detect_language`` remembers its encoder
+output here, and the transcription takes it back. (A transcription that detects its own language
+encodes the window once and uses it for both, without this map.) Keys are a digest of the features themselves, so only identical input is
 ever reused; a few entries bound the memory (about 3 MB each for base).
 """
 

@@ -94,7 +94,11 @@ class WindowTranscriber:
 
     def detect_language(self, audio: Audio) -> dict[str, float]:
         with self._session():
-            return self._first_window_languages(log_mel(audio, self.n_mels))
+            mel = log_mel(audio, self.n_mels)
+            # Kept for a transcription of the same clip on this variant (the server detects, then
+            # routes, often here): it takes the encoder output back instead of computing it again.
+            encoded = self._encoded_first_windows.remember(self._first_window(mel), self._driver.encode)
+            return self._driver.language_probabilities(encoded)
 
     def transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         if not self.manifest.timestamps:  # trained on text only: timestamp tokens would be off its data
@@ -115,17 +119,17 @@ class WindowTranscriber:
         content_frames = min(CHUNK_FRAMES, mel.shape[-1] - CHUNK_FRAMES)
         return window(mel, 0)[:, : encoder_frames(content_frames, self.manifest.audio_context_seconds)]
 
-    def _first_window_languages(self, mel: Any) -> dict[str, float]:
-        """Languages of the first window; its encoder output is kept for the transcription to reuse."""
-        encoded = self._encoded_first_windows.remember(self._first_window(mel), self._driver.encode)
-        return self._driver.language_probabilities(encoded)
-
     def _transcribe(self, audio: Audio, options: TranscribeOptions) -> Transcription:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel(audio, self.n_mels)
         content_frames = mel.shape[-1] - CHUNK_FRAMES  # the features end with 30 s of padding
-        language, probability, all_probabilities = self._resolve_language(options.language, mel)
-        first_window_encoded = self._encoded_first_windows.take(self._first_window(mel))
+        first_window = self._first_window(mel)
+        first_window_encoded = self._encoded_first_windows.take(first_window)  # from detect_language
+        if first_window_encoded is None and self._detects(options.language):
+            first_window_encoded = self._driver.encode(first_window)  # encoded once: detection and text
+        language, probability, all_probabilities = self._resolve_language(
+            options.language, first_window_encoded
+        )
         language_token = (
             self._decoder.tokens.languages.get(language) if self._decoder.tokens.languages else None
         )
@@ -150,16 +154,20 @@ class WindowTranscriber:
             all_language_probabilities=all_probabilities,
         )
 
+    def _detects(self, requested: str | None) -> bool:
+        """Whether a request for ``requested`` detects its language (none given, a multilingual model)."""
+        return requested is None and bool(self._decoder.tokens.languages)
+
     def _resolve_language(
-        self, requested: str | None, mel: Any
+        self, requested: str | None, first_window_encoded: Any | None
     ) -> tuple[str, float | None, dict[str, float]]:
         known = self.languages
         if requested is not None:
             if requested not in known:
                 raise UnsupportedLanguageError(requested, known)
             return requested, None, {}
-        if not self._decoder.tokens.languages:
+        if not self._detects(requested):
             return "en", None, {}
-        probabilities = self._first_window_languages(mel)
+        probabilities = self._driver.language_probabilities(first_window_encoded)
         language, probability = next(iter(probabilities.items()))
         return language, probability, probabilities
