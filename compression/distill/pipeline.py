@@ -185,10 +185,9 @@ def run_distillation(
         options = TrainingOptions(
             steps=plan.steps, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
         )
-        training_plan = {
-            key: value for key, value in asdict(plan).items() if key not in ("replace", "eval_dev")
-        }
-        result = train(objective, batches, trainable, options, run_dir, progress=progress, plan=training_plan)
+        result = train(
+            objective, batches, trainable, options, run_dir, progress=progress, plan=plan.training_plan()
+        )
         report["training"] = {
             "steps": result.steps,
             "resumed_from": result.resumed_from,
@@ -242,7 +241,7 @@ def _publish(
         report["sizes"] = sizes
         recipe_args: dict[str, Any] = {
             **args,
-            "plan": {k: v for k, v in asdict(plan).items() if k not in ("replace", "eval_dev")},
+            "plan": plan.training_plan(),
             "teacher_weights_sha256": parent.weights_digest(),
             "sizes": sizes,
             **{k: report[k] for k in ("corpus", "corpus_sha256", "train_utterances") if k in report},

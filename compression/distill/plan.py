@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from compression.distill.fake_quant import Granularity
 from compression.distill.objective import Matching
@@ -47,6 +47,11 @@ class DistillPlan:
                 raise ValueError(f"quantization bits must be 4 or 8, not {bits}")
         if self.student_path is not None and self.decoder_layers is not None:
             object.__setattr__(self, "decoder_layers", None)
+
+    def training_plan(self) -> dict[str, Any]:
+        """What decides the student (all but the publishing options): recorded in the recipe, and in
+        training checkpoints so that another plan's is not resumed."""
+        return {key: value for key, value in asdict(self).items() if key not in ("replace", "eval_dev")}
 
     @property
     def method(self) -> str:
