@@ -7,6 +7,7 @@ and timestamp behaves as in a real checkpoint; only the weights are random and t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
@@ -17,6 +18,7 @@ from compression.importers.sources import ImportedWhisper
 from compression.importers.whisper_assets import ct2_generation_settings, generation_config
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
+from model_store.transcription import Transcriber
 from model_store.whisper_tokens import load_tokenizer, special_tokens
 
 
@@ -67,3 +69,17 @@ def store_with_tiny_variants(root: Path, *variant_ids: str) -> ModelStore:
     for index, variant_id in enumerate(variant_ids or ("tiny-random",)):
         publish_tiny_variant(store, variant_id, seed=index)
     return store
+
+
+def recorded_encoder_inputs(transcriber: Transcriber) -> list[int]:
+    """Frames of every window the transcriber's engine encodes from now on (the real call, wrapped)."""
+    decoder = transcriber._driver  # type: ignore[attr-defined]
+    engine_encode = decoder.encode
+    frames: list[int] = []
+
+    def encode(features: Any) -> Any:
+        frames.append(int(features.shape[-1]))
+        return engine_encode(features)
+
+    decoder.encode = encode
+    return frames

@@ -11,7 +11,8 @@ from model_store.encoded_windows import EncodedWindows
 from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
-from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcriber
+from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions
+from tests.factories import recorded_encoder_inputs
 
 QUICK = TranscribeOptions(temperatures=(0.0,), max_new_tokens=12)
 
@@ -36,20 +37,6 @@ def test_only_identical_features_are_reused_and_only_once() -> None:
     assert len(calls) == 4
 
 
-def counting_encodes(transcriber: Transcriber) -> list[int]:
-    """Count the engine's encoder passes (a wrapper around the real call)."""
-    decoder = transcriber._driver  # type: ignore[attr-defined]
-    engine_encode = decoder.encode
-    frames: list[int] = []
-
-    def encode(features: Any) -> Any:
-        frames.append(int(features.shape[-1]))
-        return engine_encode(features)
-
-    decoder.encode = encode
-    return frames
-
-
 @pytest.fixture()
 def clip(jfk_audio: Audio) -> Audio:
     return jfk_audio[: 3 * SAMPLE_RATE]
@@ -62,7 +49,7 @@ def test_detect_then_transcribe_encodes_the_first_window_once(tiny_store: ModelS
         clip, TranscribeOptions(language="en", temperatures=(0.0,), max_new_tokens=12)
     )
     transcriber = open_variant(tiny_store, "tiny-random", runtime)
-    encodes = counting_encodes(transcriber)
+    encodes = recorded_encoder_inputs(transcriber)
     transcriber.detect_language(clip)  # the server's detection step, on the variant it then routes to
     result = transcriber.transcribe(
         clip, TranscribeOptions(language="en", temperatures=(0.0,), max_new_tokens=12)
@@ -75,7 +62,7 @@ def test_detect_then_transcribe_encodes_the_first_window_once(tiny_store: ModelS
 
 def test_a_transcription_that_detects_its_language_encodes_once(tiny_store: ModelStore, clip: Audio) -> None:
     transcriber = open_variant(tiny_store, "tiny-random", RuntimeSettings(device="cpu"))
-    encodes = counting_encodes(transcriber)
+    encodes = recorded_encoder_inputs(transcriber)
     result = transcriber.transcribe(clip, QUICK)
     assert result.language_probability is not None  # detected, not given
     assert len(encodes) == 1

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import ctranslate2
 import numpy as np
@@ -40,7 +39,7 @@ from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcription
 from tests.conftest import JFK_TEXT
-from tests.factories import publish_tiny_variant
+from tests.factories import publish_tiny_variant, recorded_encoder_inputs
 
 PARENT = "tiny-random"
 CPU_METHODS = [name for name, method in METHODS.items() if method.device == "cpu"]
@@ -127,15 +126,7 @@ def test_a_trimmed_audio_context_encodes_only_the_audio_and_a_second(
     assert manifest.audio_context_seconds == 1.0
     assert manifest.recipe.args["audio_context_seconds"] == 1.0
     transcriber = open_variant(store, manifest.id, CPU)
-    decoder = transcriber._decoder  # type: ignore[attr-defined]
-    engine_encode = decoder.encode
-    encoded_frames: list[int] = []
-
-    def encode(features: Any) -> Any:
-        encoded_frames.append(features.shape[-1])
-        return engine_encode(features)
-
-    decoder.encode = encode
+    encoded_frames = recorded_encoder_inputs(transcriber)
     try:
         detected = transcriber.detect_language(two_seconds)
         result = transcriber.transcribe(two_seconds, QUICK)
