@@ -313,7 +313,7 @@ def test_shadow_cer_lands_in_the_served_variants_series(tmp_path: Path, registry
     with app_client(tmp_path, registry, shadow={"sample_rate": 1.0}) as client:
         for _ in range(3):
             assert transcribe(client).headers["x-hush-variant"] == "fast"
-        drain_shadow(client)
+            drain_shadow(client)  # a background job still running when the next client comes is shed
         labels = {"variant": "fast", "language": "en", "source": "shadow"}
         assert registry.get_sample_value("hush_cer_edit_chars_total", labels) == 3  # vs ref's "hello word"
         assert registry.get_sample_value("hush_cer_reference_chars_total", labels) == 30
@@ -343,8 +343,9 @@ def test_mirror_arm_is_transcribed_and_scored_but_never_returned(
             response = transcribe(client, f"k{index}")
             assert response.headers["x-hush-arm"] == "control"
             assert response.json()["text"] == "hello world"
-        drain_shadow(client)
+            drain_shadow(client)  # a background job still running when the next client comes is shed
         arm = {"experiment": "mirror", "arm": "candidate"}
+        assert registry.get_sample_value("hush_shadow_jobs_total", {"outcome": "shed"}) == 0
         assert registry.get_sample_value("hush_ab_assignments_total", arm) == 4
         # "hallo world" against ref's "hello word": 2 edits over 10 chars, each time
         assert registry.get_sample_value("hush_ab_cer_edit_chars_total", {**arm, "source": "shadow"}) == 8
