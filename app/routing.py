@@ -8,12 +8,14 @@ The rule, for a request with a language, a duration and optional constraints:
 2. Each candidate's CER for the language is the manifest's evaluated CER for it; failing that, its
    pooled CER over every evaluated language (edits / reference characters); failing that, unknown.
    A known CER above the quality floor excludes the candidate.
-3. ``expected_ms = ms_per_audio_second x audio_seconds``, where ``ms_per_audio_second`` is the server's
-   moving estimate (observed queue wait + inference, per audio second) when it has one, else the
-   manifest's measured latency, else the nearest measured ancestor's (a fine-tuned or experts variant
-   costs what its parent does; a distilled student at most that), else a prior proportional to the
-   parameter count, calibrated on the variants measured on this machine (median ms per audio-second
-   per million parameters) so that an unmeasured variant never wins on a guess from another machine.
+3. ``expected_ms`` comes from the variant's cost model (:mod:`app.cost_model`: an encoder part per
+   window, as Whisper encodes 30 s whatever the clip's length unless the variant trims its context, and
+   a decoder part per second of audio), built from the manifest's measured latency, else the nearest
+   measured ancestor's (a fine-tuned or experts variant costs what its parent does; a distilled student
+   at most that), else a prior proportional to the parameter count, calibrated on the variants measured
+   on this machine (median ms per audio-second per million parameters) so that an unmeasured variant
+   never wins on a guess from another machine. Once the variant has served requests here, the model is
+   scaled by the server's moving estimate of observed over modelled milliseconds (queue wait included).
 4. Among candidates with a known CER, the highest ``(1 - CER) / expected_ms`` wins (ties: the lower
    expected_ms, then the id). Only when none has a known CER within the floor do unevaluated ones
    compete, and then the fastest (lowest expected_ms) wins.
@@ -25,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from model_store.manifest import Device, Manifest, SizeTier
+from app.cost_model import CostModel
+from model_store.manifest import Device, Latency, Manifest, SizeTier
 from model_store.opener import runnable_here
 from model_store.settings import RuntimeSettings
 from model_store.transcription import Task
@@ -33,7 +36,6 @@ from model_store.transcription import Task
 # Until a variant's latency is measured or observed: milliseconds of compute per second of audio per
 # million parameters (about what whisper-base, 74M parameters, costs on a few CPU cores: ~37 ms/s).
 PRIOR_MS_PER_AUDIO_SECOND_PER_MILLION_PARAMETERS = 0.5
-MIN_AUDIO_SECONDS = 0.01  # a floor for the duration, so that an empty clip still has a cost
 MAX_EXPLANATION_CHARS = 480  # the explanation travels in a header
 
 
@@ -51,13 +53,13 @@ class RouteReason(StrEnum):
 class LatencyPriors:
     """Latency guesses for variants with no measured or observed figure, from the rest of the catalog."""
 
-    measured: Mapping[str, float]  # variant id -> measured ms per audio-second
+    measured: Mapping[str, Latency]  # variant id -> its measured latency
     parents: Mapping[str, str | None]
     ms_per_million_parameters: float
 
     @classmethod
     def from_catalog(cls, manifests: Sequence[Manifest]) -> LatencyPriors:
-        measured = {m.id: m.latency.ms_per_audio_second for m in manifests if m.latency is not None}
+        measured = {m.id: m.latency for m in manifests if m.latency is not None}
         per_million = sorted(
             m.latency.ms_per_audio_second / (m.parameters / 1e6)
             for m in manifests
@@ -70,16 +72,17 @@ class LatencyPriors:
         )
         return cls(measured, {m.id: m.parent for m in manifests}, scale)
 
-    def rate_for(self, manifest: Manifest) -> tuple[float, str]:
-        """(ms per audio-second, where it comes from) for a variant with no latency of its own."""
+    def cost_for(self, manifest: Manifest) -> tuple[CostModel, str]:
+        """(cost model, where it comes from) for a variant with no latency of its own."""
         seen = {manifest.id}
         ancestor = manifest.parent
         while ancestor is not None and ancestor not in seen:
             if ancestor in self.measured:
-                return self.measured[ancestor], f"prior: {ancestor}"
+                cost = CostModel.from_latency(self.measured[ancestor], manifest.audio_context_seconds)
+                return cost, f"prior: {ancestor}"
             seen.add(ancestor)
             ancestor = self.parents.get(ancestor)
-        return manifest.parameters / 1e6 * self.ms_per_million_parameters, "prior"
+        return CostModel.proportional(manifest.parameters / 1e6 * self.ms_per_million_parameters), "prior"
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,18 @@ class Candidate:
     variant_id: str
     cer: float | None
     cer_source: str  # "eval <lang>", "pooled eval" or "no eval"
-    ms_per_audio_second: float
-    latency_source: str  # "observed", "manifest", "prior: <ancestor id>" or "prior"
-    expected_ms: float
+    modelled_ms: float  # the cost model's figure for this request
+    latency_source: str  # "manifest", "prior: <ancestor id>" or "prior"
+    slowdown: float | None = None  # observed over modelled ms on this server (None: not served yet)
+
+    @property
+    def expected_ms(self) -> float:
+        return self.modelled_ms * (self.slowdown if self.slowdown is not None else 1.0)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the cost model comes from the variant's own measured latency."""
+        return self.latency_source == "manifest"
 
     @property
     def accuracy(self) -> float | None:
@@ -115,9 +127,10 @@ class Candidate:
 
     def describe(self) -> str:
         accuracy = "?" if self.accuracy is None else f"{self.accuracy:.3f}"
+        observed = "" if self.slowdown is None else f", observed x{self.slowdown:.2f}"
         return (
             f"{self.variant_id} (1-CER {accuracy} [{self.cer_source}] / {self.expected_ms:.0f} ms "
-            f"[{self.latency_source}])"
+            f"[{self.latency_source}{observed}])"
         )
 
 
@@ -179,9 +192,11 @@ class RoutingPolicy:
         self,
         manifests: Sequence[Manifest],
         request: RouteRequest,
-        observed_ms_per_audio_second: Mapping[str, float],
+        slowdowns: Mapping[str, float],
     ) -> RouteDecision:
-        """Pick the variant for ``request``; raises :class:`NoRouteError` when none qualifies."""
+        """Pick the variant for ``request``; raises :class:`NoRouteError` when none qualifies.
+
+        ``slowdowns``: per variant, the server's moving estimate of observed over modelled milliseconds."""
         runtime = RuntimeSettings(device=self.device)
         runnable = [manifest for manifest in manifests if runnable_here(manifest, runtime)]
         if not runnable:
@@ -200,7 +215,7 @@ class RoutingPolicy:
             if why is not None:
                 excluded.append(Exclusion(manifest.id, why))
                 continue
-            candidate = self._candidate(manifest, request, observed_ms_per_audio_second, priors)
+            candidate = self._candidate(manifest, request, slowdowns, priors)
             if candidate.cer is None:
                 unevaluated.append(candidate)
             elif candidate.cer > self.quality_floor_cer and request.pinned is None:
@@ -247,21 +262,24 @@ class RoutingPolicy:
 
     @staticmethod
     def _candidate(
-        manifest: Manifest, request: RouteRequest, observed: Mapping[str, float], priors: LatencyPriors
+        manifest: Manifest, request: RouteRequest, slowdowns: Mapping[str, float], priors: LatencyPriors
     ) -> Candidate:
         cer = manifest.cer_for(request.language)
         cer_source = f"eval {request.language}"
         if cer is None:
             cer = pooled_cer(manifest)
             cer_source = "pooled eval" if cer is not None else "no eval"
-        if manifest.id in observed:
-            rate, latency_source = observed[manifest.id], "observed"
-        elif manifest.latency is not None:
-            rate, latency_source = manifest.latency.ms_per_audio_second, "manifest"
+        if manifest.latency is not None:
+            cost, latency_source = (
+                CostModel.from_latency(manifest.latency, manifest.audio_context_seconds),
+                "manifest",
+            )
         else:
-            rate, latency_source = priors.rate_for(manifest)
-        expected_ms = max(rate * max(request.audio_seconds, MIN_AUDIO_SECONDS), 1e-6)
-        return Candidate(manifest.id, cer, cer_source, rate, latency_source, expected_ms)
+            cost, latency_source = priors.cost_for(manifest)
+        modelled_ms = cost.expected_ms(request.audio_seconds)
+        return Candidate(
+            manifest.id, cer, cer_source, modelled_ms, latency_source, slowdowns.get(manifest.id)
+        )
 
     def _no_route_message(self, request: RouteRequest) -> str:
         if request.pinned is not None:

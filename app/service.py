@@ -254,7 +254,7 @@ class TranscriptionService:
         decision = self._experiment_route(route, assignment) if assignment is not None else None
         if decision is None:
             trace.experiment = trace.arm = None
-            decision = self.policy.choose(self.pool.manifests(), route, self.latency.estimates())
+            decision = self.policy.choose(self.pool.manifests(), route, self.latency.slowdowns())
         else:
             assert assignment is not None
             trace.experiment, trace.arm = assignment.experiment.name, assignment.arm.name
@@ -274,7 +274,7 @@ class TranscriptionService:
         experiment, arm = assignment.experiment, assignment.arm
         try:
             decision = self.policy.choose(
-                self.pool.manifests(), replace(route, pinned=arm.variant), self.latency.estimates()
+                self.pool.manifests(), replace(route, pinned=arm.variant), self.latency.slowdowns()
             )
         except NoRouteError as error:
             logger.warning("experiment %s arm %s cannot serve: %s", experiment.name, arm.name, error)
@@ -292,9 +292,13 @@ class TranscriptionService:
             )
         transcription, inference_seconds = timed.value
         audio_seconds = len(audio) / SAMPLE_RATE
-        baseline = lease.manifest.latency.ms_per_audio_second if lease.manifest.latency else None
-        observed_ms = (timed.queued_seconds + inference_seconds) * 1000
-        self.latency.observe(decision.variant_id, observed_ms, audio_seconds, baseline)
+        self.latency.observe(
+            decision.variant_id,
+            (timed.queued_seconds + inference_seconds) * 1000,
+            modelled_ms=decision.chosen.modelled_ms,
+            audio_seconds=audio_seconds,
+            measured=decision.chosen.measured,
+        )
         if self.metrics is not None:
             self.metrics.inference_duration.labels(variant=decision.variant_id).observe(inference_seconds)
             self.metrics.audio_processed.labels(variant=decision.variant_id).inc(audio_seconds)

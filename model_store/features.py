@@ -106,6 +106,18 @@ def encoder_frames(content_frames: int, audio_context_seconds: float | None) -> 
     return min(CHUNK_FRAMES, wanted)
 
 
+def encoded_seconds(audio_seconds: float, audio_context_seconds: float | None) -> float:
+    """Seconds of features the encoder sees for a clip of ``audio_seconds``, its 30 s windows taken
+    back to back (:func:`encoder_frames` for each): 30 per window with Whisper's full context, about
+    the audio's own length with a trimmed one. The encoder's share of a transcription's cost follows it."""
+    remaining = max(1, round(audio_seconds * FRAMES_PER_SECOND))
+    frames = 0
+    while remaining > 0:
+        frames += encoder_frames(min(CHUNK_FRAMES, remaining), audio_context_seconds)
+        remaining -= CHUNK_FRAMES
+    return frames / FRAMES_PER_SECOND
+
+
 def window(mel: Features, start_frame: int) -> Features:
     """The 30 s window of ``mel`` (array or tensor) starting at ``start_frame``, zero-padded to 3,000 frames."""
     segment = mel[:, start_frame : start_frame + CHUNK_FRAMES]

@@ -126,6 +126,13 @@ class Latency(_Model):
         description="Median duration of the timed clips (every variant is timed on clips of about the "
         "same length, so the figures compare; None: measured before hush did so).",
     )
+    language_detection_ms: float | None = Field(
+        None,
+        description="Median milliseconds of detecting a timed clip's language: one encoder pass over its "
+        "first window (trimmed where the variant trims its context) and one decoder step. The router "
+        "splits the variant's cost into an encoder part per window and a decoder part per second with "
+        "it; None: measured before hush did so (the cost is then taken as proportional to duration).",
+    )
 
 
 class Manifest(_Model):

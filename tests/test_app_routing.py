@@ -136,17 +136,53 @@ def test_gpu_only_variants_are_excluded_on_cpu() -> None:
         CPU.choose([gpu_fast], ENGLISH_10S, {})
 
 
-def test_observed_latency_overrides_the_manifest() -> None:
+def test_observed_slowdown_scales_the_manifests_cost() -> None:
     a = manifest("a", cer={"en": 0.10}, ms=20.0)
     b = manifest("b", cer={"en": 0.10}, ms=30.0)
-    assert CPU.choose([a, b], ENGLISH_10S, {}).variant_id == "a"
+    first = CPU.choose([a, b], ENGLISH_10S, {})
+    assert first.variant_id == "a" and first.chosen.expected_ms == pytest.approx(200.0)
     tracker = LatencyTracker(alpha=0.5)
-    for _ in range(4):  # a is slow here (queueing): its estimate climbs from 20 towards 200 ms/s
-        tracker.observe("a", elapsed_ms=2000.0, audio_seconds=10.0, baseline=20.0)
-    assert tracker.estimates()["a"] > 150
-    decision = CPU.choose([a, b], ENGLISH_10S, tracker.estimates())
+    for _ in range(4):  # a is slow here (queueing): 2000 ms observed where 200 were modelled
+        tracker.observe("a", 2000.0, modelled_ms=200.0, audio_seconds=10.0, measured=True)
+    assert tracker.slowdowns()["a"] == pytest.approx(1 + 9 * (1 - 0.5**4))  # from 1 towards 10
+    assert tracker.estimates()["a"] == pytest.approx(200.0)  # observed ms per audio second, reported
+    decision = CPU.choose([a, b], ENGLISH_10S, tracker.slowdowns())
     assert decision.variant_id == "b"
-    assert next(c for c in decision.ranked if c.variant_id == "a").latency_source == "observed"
+    slowed = next(c for c in decision.ranked if c.variant_id == "a")
+    assert slowed.expected_ms == pytest.approx(200.0 * tracker.slowdowns()["a"])
+    assert "observed x" in decision.explanation
+    # a cost known only by a guess is replaced by the first observation, not averaged with it
+    guessed = LatencyTracker(alpha=0.5)
+    assert guessed.observe("c", 300.0, modelled_ms=100.0, audio_seconds=1.0, measured=False) == 3.0
+
+
+def split_latency(ms_per_audio_second: float, detection_ms: float) -> Any:
+    return latency(ms_per_audio_second).model_copy(
+        update={"clip_seconds": 10.0, "language_detection_ms": detection_ms}
+    )
+
+
+def test_the_encoder_is_paid_per_window_so_clip_length_can_change_the_choice() -> None:
+    # Full context: 300 ms for a 10-s clip, of which the 30 s encoder pass is 200; the decoder 10 ms/s.
+    full = manifest("full", cer={"en": 0.10}, latency=split_latency(30.0, 200.0))
+    # Trimmed to the audio (>= 10 s): 400 ms for 10 s, an encoder pass over 12 s of 150 ms, 25 ms/s after.
+    trimmed = manifest(
+        "trimmed", cer={"en": 0.10}, latency=split_latency(40.0, 150.0), audio_context_seconds=10.0
+    )
+    short, long = RouteRequest("en", 2.0), RouteRequest("en", 28.0)
+    costs_short = {c.variant_id: c.expected_ms for c in CPU.choose([full, trimmed], short, {}).ranked}
+    assert costs_short == pytest.approx({"full": 200.0 + 20.0, "trimmed": 150.0 / 12 * 10 + 50.0})
+    assert CPU.choose([full, trimmed], short, {}).variant_id == "trimmed"
+    costs_long = {c.variant_id: c.expected_ms for c in CPU.choose([full, trimmed], long, {}).ranked}
+    assert costs_long == pytest.approx({"full": 200.0 + 280.0, "trimmed": 150.0 / 12 * 30 + 700.0})
+    assert CPU.choose([full, trimmed], long, {}).variant_id == "full"
+    # past 30 s the full-context variant pays a second window
+    assert CPU.choose([full], RouteRequest("en", 31.0), {}).chosen.expected_ms == pytest.approx(400.0 + 310.0)
+    # the timed clips' own length costs what was measured, whichever the model
+    assert CPU.choose([full], ENGLISH_10S, {}).chosen.expected_ms == pytest.approx(300.0)
+    # without a detection figure (measured before hush timed it) the cost is proportional to duration
+    proportional = manifest("old", cer={"en": 0.10}, ms=30.0)
+    assert CPU.choose([proportional], short, {}).chosen.expected_ms == pytest.approx(60.0)
 
 
 def test_fallbacks_for_variants_without_eval_for_the_language() -> None:

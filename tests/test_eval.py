@@ -115,6 +115,9 @@ def test_latency_is_measured_in_a_fresh_process(store_and_job: tuple[ModelStore,
     assert latency.peak_memory_bytes > 50 * 2**20  # a process with torch loaded
     assert latency.device == "cpu" and latency.runs == 2
     assert latency.clip_seconds == pytest.approx(2.0 + GAP_SECONDS + 1.0)
+    # detection is one encoder pass and one decoder step: part of a clip's whole transcription
+    assert latency.language_detection_ms is not None
+    assert 0 < latency.language_detection_ms < latency.ms_per_audio_second * latency.clip_seconds
     assert np.isfinite(latency.load_seconds)
 
 

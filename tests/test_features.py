@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import WhisperFeatureExtractor
 
-from model_store.features import encoder_frames, log_mel, log_mel_spectrogram, window
+from model_store.features import encoded_seconds, encoder_frames, log_mel, log_mel_spectrogram, window
 from model_store.transcription import CHUNK_FRAMES, CHUNK_SAMPLES, Audio
 
 
@@ -59,3 +59,11 @@ def test_a_trimmed_audio_context_keeps_the_audio_and_a_second_of_padding() -> No
     assert encoder_frames(350, 1.0) == 600  # 3.5 s + 1 s, rounded up to 6 s
     assert encoder_frames(300, 15.0) == 1500  # never under the variant's minimum
     assert encoder_frames(2950, 1.0) == CHUNK_FRAMES  # never over 30 s
+
+
+def test_encoded_seconds_count_what_the_encoder_sees_per_window() -> None:
+    assert encoded_seconds(2.0, None) == 30.0  # a short clip pays Whisper's whole window
+    assert encoded_seconds(31.0, None) == 60.0  # a second window past 30 s
+    assert encoded_seconds(2.0, 10.0) == 10.0  # a trimmed context: its minimum
+    assert encoded_seconds(25.0, 10.0) == 26.0  # the audio, a second of padding, whole 2 s steps
+    assert encoded_seconds(31.0, 10.0) == 40.0  # 30 s, then 1 s of audio at the minimum

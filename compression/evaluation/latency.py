@@ -2,7 +2,8 @@
 
 Warm-up once over the clips, then ``runs`` timed passes with the evaluation's decoding; the figure kept
 is the median over passes of milliseconds of compute per second of audio, with the thread count fixed
-and recorded.
+and recorded. Beside it, the median time of detecting a clip's language (one encoder pass and one
+decoder step), which tells the router how much of the cost is the encoder's, paid per window.
 """
 
 from __future__ import annotations
@@ -97,8 +98,22 @@ def run_measurement(
             cuda_synchronize()
         return time.perf_counter() - begin
 
+    def detection_ms() -> list[float]:
+        """Milliseconds of detecting each clip's language (after the transcriptions: a detection
+        remembers its encoder output for a transcription of the same clip, which would then skip it)."""
+        timings = []
+        for audio, _ in audios:
+            begin = time.perf_counter()
+            transcriber.detect_language(audio)
+            if cuda_synchronize is not None:
+                cuda_synchronize()
+            timings.append(1000 * (time.perf_counter() - begin))
+        return timings
+
     one_pass()  # warm-up
     per_pass_ms = [1000 * one_pass() / audio_seconds for _ in range(runs)]
+    detection_ms()  # warm-up
+    detections = [timing for _ in range(runs) for timing in detection_ms()]
     peak = peak_rss_bytes()
     if device == "cuda":
         import torch
@@ -114,6 +129,7 @@ def run_measurement(
         device=device,
         machine=machine_info(threads, device),
         clip_seconds=round(statistics.median(clip.seconds for clip in clips), 2),
+        language_detection_ms=round(statistics.median(detections), 2),
     ).model_dump(mode="json") | {"per_pass_ms": per_pass_ms, "audio_seconds": audio_seconds}
 
 
