@@ -32,11 +32,14 @@ class DerivedVariant:
 
     parent: str
     method: str
+    audio_context_seconds: float | None = None  # a trimmed audio context (CTranslate2 methods only)
 
 
 DEFAULT_DERIVED = (
     DerivedVariant("whisper-base", "ptq-int8"),
     DerivedVariant("whisper-base", "ct2-int8"),
+    # the fastest CPU variant on short clips; the router weighs its per-language CER like any other's
+    DerivedVariant("whisper-base", "ct2-int8", audio_context_seconds=10),
     DerivedVariant("whisper-tiny.en", "ptq-int8"),
 )
 
@@ -68,11 +71,13 @@ def _derive(store: ModelStore, derived: DerivedVariant, log: Callable[[str], Non
         from compression.quantize.methods import quantize_variant, variant_id_for
     except ImportError:  # the quantization package is optional at this stage
         return
-    target = variant_id_for(derived.parent, derived.method)
+    target = variant_id_for(derived.parent, derived.method, derived.audio_context_seconds)
     if store.exists(target) or not store.exists(derived.parent):
         return
     log(f"making {target} ({derived.method} of {derived.parent})")
-    quantize_variant(store, derived.parent, derived.method, target)
+    quantize_variant(
+        store, derived.parent, derived.method, target, audio_context_seconds=derived.audio_context_seconds
+    )
 
 
 def bootstrap(settings: HushSettings, plan: BootstrapPlan | None = None) -> ModelStore:

@@ -138,6 +138,25 @@ def test_a_trimmed_audio_context_encodes_only_the_audio_and_a_second(
     assert result.language == next(iter(detected))  # detected on the same trimmed window
 
 
+def test_bootstrap_derives_a_trimmed_context_variant_once(store: ModelStore) -> None:
+    from compression.bootstrap import BootstrapPlan, DerivedVariant, bootstrap
+    from model_store.settings import HushSettings
+
+    made: list[str] = []
+    plan = BootstrapPlan(
+        teachers=(),
+        derived=(DerivedVariant(PARENT, "ct2-int8", audio_context_seconds=4.0),),
+        evaluate=False,
+        log=made.append,
+    )
+    settings = HushSettings(store={"root": store.root})
+    bootstrap(settings, plan)
+    trimmed = store.get(f"{PARENT}-ct2-int8-ctx4")
+    assert trimmed.audio_context_seconds == 4.0 and trimmed.parent == PARENT
+    bootstrap(settings, plan)  # idempotent: what is there is kept
+    assert made == [f"making {PARENT}-ct2-int8-ctx4 (ct2-int8 of {PARENT})"]
+
+
 def test_a_trimmed_audio_context_needs_ctranslate2(store: ModelStore) -> None:
     with pytest.raises(AudioContextError, match="needs a CTranslate2 method"):
         quantize_variant(store, PARENT, "ptq-int8", audio_context_seconds=10.0)
