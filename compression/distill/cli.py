@@ -76,9 +76,12 @@ def distill_command(
         replace=replace,
     )
     from compression.training.checkpoint import PlanMismatchError
+    from compression.training.distributed import Ranks
 
+    ranks = Ranks.from_environment()  # several processes under torchrun, else one
+    ranks.start()
     try:
-        outcome = run_distillation(settings, ModelStore(settings.store.root), plan)
+        outcome = run_distillation(settings, ModelStore(settings.store.root), plan, ranks=ranks)
     except PlanMismatchError as error:
         typer.echo(
             f"{error}; train under another --id, or delete {settings.runs_dir / 'distill' / variant_id} "
@@ -86,6 +89,10 @@ def distill_command(
             err=True,
         )
         raise typer.Exit(2) from None
+    finally:
+        ranks.stop()
+    if outcome is None:  # not the main process: it publishes and reports
+        return
     manifest = outcome.manifest
     typer.echo(
         f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent}, {manifest.parameters:,} "

@@ -34,6 +34,7 @@ from compression.distill.students import Student, pretrained_student, shrink_stu
 from compression.distill.teacher_memo import TeacherMemo
 from compression.quantize.parent import Parent
 from compression.training.dataset import CachedBatches, Example
+from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
 from compression.training.loop import TrainingOptions, train
 from compression.training.selection import select_utterances
@@ -89,9 +90,18 @@ def _static_matching(student: Student, teacher_layers: int) -> list[int]:
 
 
 def run_distillation(
-    settings: HushSettings, store: ModelStore, plan: DistillPlan, *, progress: bool = True
-) -> DistillOutcome:
-    """Run ``plan`` end to end and publish its student; returns the manifest and the run report."""
+    settings: HushSettings,
+    store: ModelStore,
+    plan: DistillPlan,
+    *,
+    progress: bool = True,
+    ranks: Ranks = SINGLE_PROCESS,
+) -> DistillOutcome | None:
+    """Run ``plan`` end to end and publish its student; returns the manifest and the run report.
+
+    With several training processes (``ranks``, see :mod:`compression.training.distributed`) the main
+    process fills the caches and labels first, every process trains on its share of each batch, and
+    the main one publishes; the others return None once training is done."""
     torch.manual_seed(plan.seed)
     corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
     parent = Parent.from_store(store, plan.teacher)
@@ -102,35 +112,37 @@ def run_distillation(
     run_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"plan": asdict(plan), "corpus": corpus.id, "corpus_sha256": corpus.sha256}
 
-    # 1-2: data and encoder caches
-    train_set = select_utterances(corpus, "train", plan.languages, plan.per_language, seed=plan.seed)
-    dev_set = select_utterances(corpus, "dev", plan.languages, None, seed=plan.seed)
-    teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
-    teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
-    student = build_student(plan, teacher, store)
-    student_cache = teacher_cache
-    if not student.shares_encoder:
-        student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
-        student_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
+    progress = progress and ranks.main
+    with ranks.main_first():  # the others find the caches and labels the main process made
+        # 1-2: data and encoder caches
+        train_set = select_utterances(corpus, "train", plan.languages, plan.per_language, seed=plan.seed)
+        dev_set = select_utterances(corpus, "dev", plan.languages, None, seed=plan.seed)
+        teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
+        teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
+        student = build_student(plan, teacher, store)
+        student_cache = teacher_cache
+        if not student.shares_encoder:
+            student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
+            student_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
 
-    # 3: labels
-    decoder = CachedGreedyDecoder(teacher, tokenizer, tokens, generation)
-    if plan.labels == "pseudo":
-        labels = pseudo_label(
-            decoder,
-            teacher_cache,
-            corpus.id,
-            train_set,
-            label_file(settings.cache_dir / "pseudo", teacher_fingerprint, corpus.id),
-            progress=progress,
-        )
-        kept, label_report = filter_labels(
-            labels, settings.distill.wer_thresholds, settings.distill.default_wer_threshold
-        )
-        report["pseudo_labels"] = label_report.as_dict()
-        texts = {label.id: label.text for label in kept}
-    else:
-        texts = {utterance.id: utterance.text for utterance in train_set}
+        # 3: labels
+        decoder = CachedGreedyDecoder(teacher, tokenizer, tokens, generation)
+        if plan.labels == "pseudo":
+            labels = pseudo_label(
+                decoder,
+                teacher_cache,
+                corpus.id,
+                train_set,
+                label_file(settings.cache_dir / "pseudo", teacher_fingerprint, corpus.id),
+                progress=progress,
+            )
+            kept, label_report = filter_labels(
+                labels, settings.distill.wer_thresholds, settings.distill.default_wer_threshold
+            )
+            report["pseudo_labels"] = label_report.as_dict()
+            texts = {label.id: label.text for label in kept}
+        else:
+            texts = {utterance.id: utterance.text for utterance in train_set}
     by_id = {utterance.id: utterance for utterance in train_set}
     examples = [
         Example(uid, by_id[uid].language, tuple(decoder.text_tokens(" " + text.strip())))
@@ -149,9 +161,10 @@ def run_distillation(
         plan.batch_size,
         plan.seed,
         teacher_cache=None if student.shares_encoder else teacher_cache,
+        ranks=ranks,
     )
-    if plan.guided_average_bits is not None:
-        calibration = [batches.batch(step) for step in range(min(4, batches.batches_per_epoch))]
+    if plan.guided_average_bits is not None:  # on whole batches: every process must choose the same bits
+        calibration = [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))]
         sens = sensitivity(model, calibration, (4, 8), plan.granularity)
         sizes = linear_sizes(model)
         bits = choose_bits(sens, sizes, plan.guided_average_bits, (4, 8))
@@ -186,7 +199,14 @@ def run_distillation(
             steps=plan.steps, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
         )
         result = train(
-            objective, batches, trainable, options, run_dir, progress=progress, plan=plan.training_plan()
+            objective,
+            batches,
+            trainable,
+            options,
+            run_dir,
+            progress=progress,
+            plan=plan.training_plan(),
+            ranks=ranks,
         )
         report["training"] = {
             "steps": result.steps,
@@ -197,8 +217,10 @@ def run_distillation(
             "loss_config": asdict(config),
             "matchings": {",".join(map(str, k)): v for k, v in objective.matches.items()},
         }
-        if adapter is not None:
+        if adapter is not None and ranks.main:
             torch.save(adapter.state_dict(), run_dir / "adapter.pt")  # DQ-Whisper's code dropped these
+    if not ranks.main:
+        return None  # the main process holds the same weights and publishes them
     model.eval()
     if plan.ptq_bits is not None:
         specs = {name: QuantSpec(plan.ptq_bits, plan.granularity) for name, _ in decoder_linears(model)}

@@ -4,7 +4,8 @@ An :class:`Example` is one utterance's target text as Whisper tokens. :func:`dec
 into the teacher-forced decoder input ``<|startoftranscript|><|xx|><|transcribe|><|notimestamps|> t1 .. tn``
 and labels ``-100 -100 -100 t1 .. tn <|endoftext|>`` (the forced prompt tokens are not learned).
 :class:`CachedBatches` draws seeded batches (a fresh permutation per epoch, so step ``k`` of a run is
-the same batch whether or not the run was resumed) and loads their encoder outputs from the cache.
+the same batch whether or not the run was resumed) and loads their encoder outputs from the cache;
+with several training processes, each loads only its share of every batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache
 from model_store.whisper_tokens import SpecialTokens
 
@@ -91,6 +93,7 @@ class CachedBatches:
         seed: int,
         teacher_cache: EncoderCache | None = None,
         device: torch.device | None = None,
+        ranks: Ranks = SINGLE_PROCESS,
     ) -> None:
         if not examples:
             raise ValueError("no training examples")
@@ -102,6 +105,7 @@ class CachedBatches:
         self.seed = seed
         self.teacher_cache = teacher_cache  # None: the teacher shares the student's encoder
         self.device = device or torch.device("cpu")
+        self.ranks = ranks  # several training processes: each loads and learns from its share
 
     @property
     def batches_per_epoch(self) -> int:
@@ -116,6 +120,11 @@ class CachedBatches:
         return order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
 
     def batch(self, step: int) -> Batch:
+        """This process's share of step ``step``'s batch (the whole batch for a single process)."""
+        return self.collate([self.examples[index] for index in self.ranks.share(self.indices(step))])
+
+    def whole_batch(self, step: int) -> Batch:
+        """Step ``step``'s whole batch, whatever the process (for what every process must agree on)."""
         return self.collate([self.examples[index] for index in self.indices(step)])
 
     def collate(self, examples: Sequence[Example]) -> Batch:

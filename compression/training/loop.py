@@ -8,6 +8,11 @@ scheduler state and the RNG states, so a resumed run continues exactly where the
 
 Checkpoints are ``<run_dir>/checkpoint.pt`` (the latest, written atomically every
 ``checkpoint_every`` steps and at the end) and ``<run_dir>/log.jsonl`` (one line per logged step).
+
+Under ``torchrun`` (:mod:`compression.training.distributed`) each process learns from its share of
+every batch, the gradients are averaged over processes (weighted by target tokens) before clipping,
+every process takes the same step, and only the main process writes checkpoints, logs and progress;
+the logged loss is the whole batch's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from compression.training.checkpoint import (
     restore_rng,
     save_atomic,
 )
+from compression.training.distributed import SINGLE_PROCESS, Ranks
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +112,15 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     plan: Mapping[str, Any] | None = None,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> TrainingResult:
     """Train until ``options.steps`` (resuming from ``run_dir`` if it holds a checkpoint).
 
     ``plan`` (what the run trains, as plain data) is saved in each checkpoint, and a checkpoint of
     another plan is refused (:class:`~compression.training.checkpoint.PlanMismatchError`) instead of
     being resumed. ``stop_after`` ends the call after that many steps of this call (for tests of
-    resumption).
+    resumption). ``ranks``: this process's place when several train together (``batches`` then
+    gives each its share of a step's batch).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     if plan is not None:
@@ -144,23 +152,37 @@ def train(
     started = time.perf_counter()
     throughput = Throughput(start, options.steps)
     end = options.steps if stop_after is None else min(options.steps, start + stop_after)
-    bar = tqdm(total=options.steps, initial=start, desc="training", unit="step", disable=not progress)
+    bar = tqdm(
+        total=options.steps,
+        initial=start,
+        desc="training",
+        unit="step",
+        disable=not (progress and ranks.main),
+    )
     step = start
     try:
         for step in range(start, end):
             terms = objective(batches.batch(step))
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
+            weight = float(terms.tokens) if terms.tokens > 0 else 1.0
+            total = ranks.average_gradients(parameters.values(), weight)
             torch.nn.utils.clip_grad_norm_(list(parameters.values()), options.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            throughput.add(terms.tokens)
-            record = {"step": step + 1, "loss": float(terms.loss.item()), **dict(terms.parts)}
+            throughput.add(int(total) if terms.tokens > 0 else 0)
+            names = list(terms.parts)
+            loss, *parts = ranks.weighted_mean(
+                [float(terms.loss.item()), *(terms.parts[name] for name in names)], weight, total
+            )
+            record = {"step": step + 1, "loss": loss, **dict(zip(names, parts, strict=True))}
             record["lr"] = float(scheduler.get_last_lr()[0])
             record["tokens_per_second"] = throughput.tokens_per_second()
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
             bar.update(1)
+            if not ranks.main:
+                continue
             if (step + 1) % options.log_every == 0 or step + 1 == options.steps:
                 append_log(run_dir, record)
                 logger.info(
