@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from model_store.features import log_mel_spectrogram, window
+from model_store.safetensors_file import save_safetensors
 from model_store.transcription import Audio
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class EncoderCache:
         os.close(handle)
         try:
             tensors = {HIDDEN_KEY: hidden.to(STORAGE_DTYPE).contiguous()}
-            save_file(tensors, temporary, metadata={"corpus": corpus_id, "utterance": utterance_id})
+            save_safetensors(tensors, temporary, metadata={"corpus": corpus_id, "utterance": utterance_id})
             Path(temporary).replace(target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

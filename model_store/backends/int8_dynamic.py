@@ -22,10 +22,12 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from model_store.safetensors_file import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def save_int8(model: WhisperForConditionalGeneration, directory: Path) -> Path:
     model.config.save_pretrained(directory)
     path = directory / INT8_WEIGHTS_FILENAME
     tied = "true" if _tied(model) else "false"
-    save_file(state, str(path), metadata={"format": FORMAT_NAME, "version": FORMAT_VERSION, "tied": tied})
+    save_safetensors(state, path, metadata={"format": FORMAT_NAME, "version": FORMAT_VERSION, "tied": tied})
     return path
 
 

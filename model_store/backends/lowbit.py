@@ -22,9 +22,11 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from model_store.safetensors_file import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def save_lowbit(
     model.config.save_pretrained(directory)
     path = directory / LOWBIT_WEIGHTS_FILENAME
     metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "layers": json.dumps(layers)}
-    save_file(state, str(path), metadata=metadata)
+    save_safetensors(state, path, metadata=metadata)
     return path
 
 

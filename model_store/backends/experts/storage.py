@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from model_store.backends.experts.attach import ExpertModel, ExpertSpec
 from model_store.backends.experts.clsr import ExpertControl
+from model_store.safetensors_file import save_safetensors
 
 if TYPE_CHECKING:
     from transformers import WhisperForConditionalGeneration
@@ -47,7 +48,7 @@ def save_language(experts: ExpertModel, language: str, directory: Path) -> Path:
         save_spec(experts.spec, directory)
     path = expert_file(directory, language)
     state = {name: tensor.cpu().to(STORAGE_DTYPE) for name, tensor in experts.state_for(language).items()}
-    save_file(state, str(path), metadata={"format": FORMAT_NAME, "language": language})
+    save_safetensors(state, path, metadata={"format": FORMAT_NAME, "language": language})
     return path
 
 
