@@ -244,3 +244,8 @@ def test_language_detection_uses_a_variant_meant_for_every_language() -> None:
     assert detected(student, english) == "student"  # no general one: the smallest multilingual
     assert detected(student, general, preferred="student") == "student"
     assert detection_variant([english], cpu) is None
+    # of the same size, the quickest measured detector; one never measured comes last
+    quick = manifest("base-int8-trimmed", parameters=74_000_000, latency=split_latency(8.0, 130.0))
+    slow = manifest("base-int8", parameters=74_000_000, latency=split_latency(13.0, 490.0))
+    assert detected(general, slow, quick) == "base-int8-trimmed"
+    assert detected(general, slow) == "base-int8"
