@@ -21,6 +21,7 @@ from model_store.features import encoded_seconds
 from model_store.manifest import Latency
 
 MIN_AUDIO_SECONDS = 0.01  # a floor for the duration, so that an empty clip still has a cost
+WINDOW_SECONDS = 30.0  # Whisper's window
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,16 @@ class CostModel:
         """Whether the encoder's part is known (else the cost is proportional to duration)."""
         return self.encoder_ms_per_second > 0
 
-    def expected_ms(self, audio_seconds: float) -> float:
+    def expected_ms(self, audio_seconds: float, *, first_window_encoded: bool = False) -> float:
+        """``first_window_encoded``: the variant detected the clip's language, so the transcription
+        takes its first window's encoding back (:mod:`model_store.encoded_windows`) when the clip fits
+        one window (a longer clip's first window is cut from features of the whole clip, which differ
+        at the window's edge, so it is encoded again)."""
         seconds = max(audio_seconds, MIN_AUDIO_SECONDS)
-        encoder_ms = (
-            self.encoder_ms_per_second * encoded_seconds(seconds, self.audio_context_seconds)
-            if self.split
-            else 0.0
-        )
+        encoder_ms = 0.0
+        if self.split:
+            encoded = encoded_seconds(seconds, self.audio_context_seconds)
+            if first_window_encoded and seconds <= WINDOW_SECONDS:
+                encoded = 0.0
+            encoder_ms = self.encoder_ms_per_second * encoded
         return max(encoder_ms + self.decoder_ms_per_audio_second * seconds, 1e-6)

@@ -16,6 +16,8 @@ The rule, for a request with a language, a duration and optional constraints:
    on this machine (median ms per audio-second per million parameters) so that an unmeasured variant
    never wins on a guess from another machine. Once the variant has served requests here, the model is
    scaled by the server's moving estimate of observed over modelled milliseconds (queue wait included).
+   The variant that detected the request's language has already encoded its first window, and a
+   transcription of a clip of up to 30 s takes that encoding back: its encoder part is not charged again.
 4. Among candidates with a known CER, the highest ``(1 - CER) / expected_ms`` wins (ties: the lower
    expected_ms, then the id). Only when none has a known CER within the floor do unevaluated ones
    compete, and then the fastest (lowest expected_ms) wins.
@@ -94,6 +96,7 @@ class RouteRequest:
     task: Task = "transcribe"
     tier: SizeTier | None = None
     pinned: str | None = None  # a variant id the client asked for
+    detected_by: str | None = None  # the variant that detected the language (its first window is encoded)
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,9 @@ class RoutingPolicy:
             )
         else:
             cost, latency_source = priors.cost_for(manifest)
-        modelled_ms = cost.expected_ms(request.audio_seconds)
+        modelled_ms = cost.expected_ms(
+            request.audio_seconds, first_window_encoded=manifest.id == request.detected_by
+        )
         return Candidate(
             manifest.id, cer, cer_source, modelled_ms, latency_source, slowdowns.get(manifest.id)
         )

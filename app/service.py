@@ -150,7 +150,14 @@ class TranscriptionService:
             guess = await self.detector.detect(audio)
             trace.timings_ms["detect"] = (time.perf_counter() - started) * 1000
             language = guess.language
-        route = RouteRequest(language, len(audio) / SAMPLE_RATE, request.task, request.tier, pinned)
+        route = RouteRequest(
+            language,
+            len(audio) / SAMPLE_RATE,
+            request.task,
+            request.tier,
+            pinned,
+            detected_by=guess.variant_id if guess is not None else None,
+        )
         options = TranscribeOptions(
             language=language,
             task=request.task,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -180,6 +181,14 @@ def test_the_encoder_is_paid_per_window_so_clip_length_can_change_the_choice() -
     assert CPU.choose([full], RouteRequest("en", 31.0), {}).chosen.expected_ms == pytest.approx(400.0 + 310.0)
     # the timed clips' own length costs what was measured, whichever the model
     assert CPU.choose([full], ENGLISH_10S, {}).chosen.expected_ms == pytest.approx(300.0)
+    # the variant that detected the language has encoded the first window: a clip of one window pays
+    # only its decoder there (the transcription takes the encoding back), a longer one pays again
+    detected = replace(short, detected_by="full")
+    costs_detected = {c.variant_id: c.expected_ms for c in CPU.choose([full, trimmed], detected, {}).ranked}
+    assert costs_detected == pytest.approx({"full": 20.0, "trimmed": 150.0 / 12 * 10 + 50.0})
+    assert CPU.choose([full, trimmed], detected, {}).variant_id == "full"
+    past_one_window = RouteRequest("en", 31.0, detected_by="full")
+    assert CPU.choose([full], past_one_window, {}).chosen.expected_ms == pytest.approx(400.0 + 310.0)
     # without a detection figure (measured before hush timed it) the cost is proportional to duration
     proportional = manifest("old", cer={"en": 0.10}, ms=30.0)
     assert CPU.choose([proportional], short, {}).chosen.expected_ms == pytest.approx(60.0)
