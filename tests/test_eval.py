@@ -166,3 +166,23 @@ def test_latency_clips_have_one_length_whatever_the_languages(
         ("en", 2.0),
         ("fr", 2.0),
     ]
+
+
+def test_language_id_counts_each_language_and_times_detection(
+    store_and_job: tuple[ModelStore, EvalJob],
+) -> None:
+    from compression.evaluation.language_id import identify_languages, language_id_table
+
+    store, job = store_and_job
+    utterances = job.corpus.utterances("dev")
+    result = identify_languages(store, "tiny-a", utterances, RuntimeSettings(device="cpu"), progress=False)
+    assert result.utterances == {"en": 2, "fr": 2}
+    assert all(0 <= result.correct[language] <= 2 for language in ("en", "fr"))
+    assert result.accuracy == sum(result.correct.values()) / 4
+    assert result.median_ms > 0
+    table = list(language_id_table([result]))
+    assert table[0] == "| detector | correct | en | fr | median ms |"
+    assert table[2].startswith(f"| tiny-a | {result.accuracy:.1%} | {result.accuracy_for(['en']):.2f} |")
+    store.update("tiny-b", multilingual=False, languages=("en",))
+    with pytest.raises(ValueError, match="English-only"):
+        identify_languages(store, "tiny-b", utterances, RuntimeSettings(device="cpu"), progress=False)

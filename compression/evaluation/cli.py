@@ -1,4 +1,4 @@
-"""``hush eval VARIANT`` and ``hush eval compare A B``."""
+"""``hush eval VARIANT``, ``hush eval compare A B``, ``hush eval table ...`` and ``hush eval language-id ...``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from compression.data.corpus import Corpus, newest_corpus
+from compression.evaluation.language_id import identify_languages, language_id_table
 from compression.evaluation.latency import measure_latency
 from compression.evaluation.latency_clips import latency_clips
 from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
@@ -56,7 +57,10 @@ def _print_scores(variant_id: str, report: EvalReport) -> None:
 
 
 def eval_command(
-    targets: Annotated[list[str], typer.Argument(help="VARIANT..., or: compare A B, or: table VARIANT...")],
+    targets: Annotated[
+        list[str],
+        typer.Argument(help="VARIANT..., or: compare A B, or: table VARIANT..., or: language-id VARIANT..."),
+    ],
     split: Annotated[
         str | None, typer.Option(help="train, dev or test (default from settings: dev).")
     ] = None,
@@ -76,6 +80,8 @@ def eval_command(
     `hush eval compare A B` prints per-language CER differences (B - A) with paired bootstrap intervals.
     `hush eval table A B ...` prints the recorded figures side by side as a markdown table (`!`: CER
     over 0.5 points above the variant's parent on that language).
+    `hush eval language-id A B ...` prints how often each variant identifies the split's languages
+    (first 30 s of each utterance) and how long a detection takes; nothing is recorded.
     """
     settings = HushSettings()
     store = ModelStore(settings.store.root)
@@ -92,6 +98,9 @@ def eval_command(
         bootstrap_resamples=settings.eval.bootstrap_resamples,
         max_per_language=per_language,
     )
+    if targets[0] == "language-id":
+        _language_id(store, targets[1:], job, settings)
+        return
     if targets[0] == "compare":
         if len(targets) != 3:
             raise typer.BadParameter("usage: hush eval compare A B")
@@ -132,4 +141,21 @@ def _table(store: ModelStore, variant_ids: list[str]) -> None:
     known = set(store.ids())
     parents = {m.id: store.get(m.parent) for m in manifests if m.parent is not None and m.parent in known}
     for line in markdown_table(manifests, parents):
+        typer.echo(line)
+
+
+def _language_id(store: ModelStore, variant_ids: list[str], job: EvalJob, settings: HushSettings) -> None:
+    if not variant_ids:
+        raise typer.BadParameter("usage: hush eval language-id VARIANT [VARIANT ...]")
+    utterances = job.select(job.corpus.utterances(job.split, job.languages))
+    results = []
+    for variant_id in variant_ids:
+        try:
+            results.append(identify_languages(store, variant_id, utterances, settings.runtime))
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+    typer.echo(
+        f"language identification on {job.corpus.id} ({job.split_label}), {len(utterances)} utterances"
+    )
+    for line in language_id_table(results):
         typer.echo(line)
