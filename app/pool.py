@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import anyio
+import numpy as np
 
 from app.metrics import HushMetrics
 from model_store.batching import ObservesBatches
@@ -31,7 +32,7 @@ from model_store.manifest import Manifest
 from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
-from model_store.transcription import Transcriber
+from model_store.transcription import SAMPLE_RATE, Transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,24 @@ _COMPUTE_BYTES_PER_PARAMETER = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 def open_verified(store: ModelStore, variant_id: str, runtime: RuntimeSettings, verify: bool) -> Transcriber:
-    """The default opener: the model store's own."""
-    return open_variant(store, variant_id, runtime, verify=verify)
+    """The default opener: the model store's own, then a warm-up (:func:`warm_up`)."""
+    transcriber = open_variant(store, variant_id, runtime, verify=verify)
+    warm_up(transcriber, variant_id)
+    return transcriber
+
+
+def warm_up(transcriber: Transcriber, variant_id: str) -> None:
+    """Detect the language of a second of silence, so that the first request does not pay the engine's
+    first-call costs, nor count them in the variant's observed latency (whisper-tiny.en-ptq-int8's
+    first JFK transcription took 580 ms against 336 later; 359 after this warm-up). A failure is
+    logged, not raised: the variant still serves, cold."""
+    started = time.perf_counter()
+    try:
+        transcriber.detect_language(np.zeros(SAMPLE_RATE, dtype=np.float32))
+    except Exception:
+        logger.warning("warming up %s failed; it serves cold", variant_id, exc_info=True)
+        return
+    logger.debug("warmed up %s in %.0f ms", variant_id, 1000 * (time.perf_counter() - started))
 
 
 def estimated_memory_bytes(manifest: Manifest, runtime: RuntimeSettings) -> int:

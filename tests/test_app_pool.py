@@ -275,3 +275,26 @@ def _no_leaked_threads() -> Iterator[None]:
         lambda: not {t.name for t in threading.enumerate() if t.name.startswith("hush-")} - before,
         what="the server's threads to stop",
     )
+
+
+def test_a_loaded_variant_is_warmed_up_by_one_detection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.pool import warm_up
+    from model_store.opener import open_variant
+    from tests.factories import recorded_encoder_inputs
+
+    store = ModelStore(tmp_path / "store")
+    publish_tiny_variant(store, "tiny")
+    transcriber = open_variant(store, "tiny", CPU)
+    encoded = recorded_encoder_inputs(transcriber)
+    warm_up(transcriber, "tiny")
+    assert encoded == [3000]  # one encoder pass over a (padded) window: the engine's first call is done
+    transcriber.close()
+
+    class Broken:
+        def detect_language(self, audio: Any) -> dict[str, float]:
+            raise RuntimeError("no detection here")
+
+    warm_up(Broken(), "broken")  # type: ignore[arg-type]  # logged, not raised: it serves cold
+    assert "warming up broken failed" in caplog.text
