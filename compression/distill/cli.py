@@ -42,7 +42,11 @@ def distill_command(
     ] = True,
     replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
 ) -> None:
-    """Distil TEACHER into a smaller student (optionally quantized) and publish it with its recipe."""
+    """Distil TEACHER into a smaller student (optionally quantized) and publish it with its recipe.
+
+    Several processes: `torchrun --standalone --nproc-per-node N -m model_store.cli compress distill ...`
+    (each learns from its share of every batch; the batch size must be at least N).
+    """
     import torch
 
     from compression.distill.pipeline import run_distillation
