@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from model_store.features import encoded_seconds
 from model_store.manifest import Latency
+from model_store.transcription import CHUNK_SECONDS
 
 MIN_AUDIO_SECONDS = 0.01  # a floor for the duration, so that an empty clip still has a cost
-WINDOW_SECONDS = 30.0  # Whisper's window
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class CostModel:
         encoder_ms = 0.0
         if self.split:
             encoded = encoded_seconds(seconds, self.audio_context_seconds)
-            if first_window_encoded and seconds <= WINDOW_SECONDS:
+            if first_window_encoded and seconds <= CHUNK_SECONDS:
                 encoded = 0.0
             encoder_ms = self.encoder_ms_per_second * encoded
         return max(encoder_ms + self.decoder_ms_per_audio_second * seconds, 1e-6)
