@@ -22,7 +22,8 @@ from compression.distill.fake_quant import (
 from compression.distill.guided import choose_bits
 from compression.distill.losses import FeatureAdapter, dynamic_matching, layer_distances
 from compression.distill.objective import DistillObjective, ffn_features, logits_of, loss_config
-from compression.distill.pipeline import freeze_for_training
+from compression.distill.pipeline import freeze_for_training, quantize_frozen_parts
+from compression.distill.plan import DistillPlan
 from compression.distill.students import (
     IncompatibleStudentError,
     maximally_spaced,
@@ -133,13 +134,29 @@ def test_layer_distances_find_the_copied_layer(teacher: WhisperForConditionalGen
 def test_fake_quant_round_trip_and_straight_through_gradient() -> None:
     weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
     weight[3] = 0.0  # an all-zero row: the clamped scale keeps it finite
-    for bits, granularity in [(8, "per-channel"), (8, "per-tensor"), (4, "per-channel"), (4, "per-tensor")]:
+    shapes = {"per-channel": (16, 1), "per-tensor": (1, 1), "per-group": (16, 4)}
+    for bits in (8, 4):
+        for granularity, shape in shapes.items():
+            spec = QuantSpec(bits, granularity, group_size=8)  # type: ignore[arg-type]
+            codes, scale = quantize(weight, spec)
+            assert codes.abs().max().item() <= spec.qmax and torch.isfinite(scale).all()
+            assert scale.shape == shape
+            error = (fake_quantize(weight, spec) - weight).abs()
+            step = scale.repeat_interleave(8, dim=1) if granularity == "per-group" else scale
+            assert (error <= step / 2 + 1e-7).all()  # round to nearest: at most half a step
+            torch.testing.assert_close(
+                fake_quantize(fake_quantize(weight, spec), spec), fake_quantize(weight, spec)
+            )
+    grouped = QuantSpec(4, "per-group", group_size=8)
+    channel = QuantSpec(4, "per-channel")
+    weight[0, :8] *= 50  # an outlier group: per-group scales confine its damage to that group
+    assert (fake_quantize(weight, grouped) - weight)[0, 8:].abs().max() < (
+        (fake_quantize(weight, channel) - weight)[0, 8:].abs().max()
+    )
+    with pytest.raises(ValueError, match="groups of 5"):
+        quantize(weight, QuantSpec(4, "per-group", group_size=5))
+    for bits, granularity in [(8, "per-channel"), (4, "per-tensor")]:
         spec = QuantSpec(bits, granularity)  # type: ignore[arg-type]
-        codes, scale = quantize(weight, spec)
-        assert codes.abs().max().item() <= spec.qmax and torch.isfinite(scale).all()
-        assert scale.shape == ((16, 1) if granularity == "per-channel" else (1, 1))
-        error = (fake_quantize(weight, spec) - weight).abs()
-        assert (error <= scale / 2 + 1e-7).all()  # round to nearest: at most half a step
         torch.testing.assert_close(
             fake_quantize(fake_quantize(weight, spec), spec), fake_quantize(weight, spec)
         )
@@ -160,12 +177,14 @@ def test_int4_packing_round_trip() -> None:
     assert torch.equal(unpack_int4(packed, 9), codes)
 
 
-@pytest.mark.parametrize(("bits", "granularity"), [(8, "per-channel"), (4, "per-tensor"), (4, "per-channel")])
+@pytest.mark.parametrize(
+    ("bits", "granularity"), [(8, "per-channel"), (4, "per-tensor"), (4, "per-channel"), (4, "per-group")]
+)
 def test_exported_low_bit_weights_reload_to_the_fake_quant_outputs(
     tmp_path: Path, teacher: WhisperForConditionalGeneration, bits: int, granularity: str
 ) -> None:
     model = shrink_student(teacher, 2).model.half().float()  # float16-exact, as stored
-    specs = {name: QuantSpec(bits, granularity) for name, _ in decoder_linears(model)}  # type: ignore[arg-type]
+    specs = {name: QuantSpec(bits, granularity, 16) for name, _ in decoder_linears(model)}  # type: ignore[arg-type]
     apply_fake_quant(model, specs)
     hidden = features().half().float()
     ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029]] * 2)
@@ -185,6 +204,72 @@ def test_exported_low_bit_weights_reload_to_the_fake_quant_outputs(
     assert not any(
         name.endswith(".weight") and ".decoder.layers." in name and "norm" not in name for name in stored
     )
+
+
+def test_whole_model_quantization_stores_encoder_and_tied_projection_as_codes(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration
+) -> None:
+    student = shrink_student(teacher, 2)
+    plan = DistillPlan(
+        teacher="t",
+        variant_id="s",
+        languages=("en",),
+        qad_bits=4,
+        granularity="per-group",
+        group_size=16,
+        quantize_scope="model",
+    )
+    student.model.half().float()  # float16-exact, as stored (in place)
+    student, frozen = quantize_frozen_parts(plan, student)
+    model = student.model
+    assert not student.shares_encoder  # its encoder outputs need a cache of their own
+    assert "proj_out" in frozen and any(".encoder.layers." in name for name in frozen)
+    assert not any(".decoder.layers." in name for name in frozen)
+    embedding = model.model.decoder.embed_tokens.weight
+    assert embedding.data_ptr() == model.proj_out.weight.data_ptr()  # still tied, now quantized rows
+    assert not torch.equal(embedding, teacher.model.decoder.embed_tokens.weight.half().float())
+    decoder_specs = {name: QuantSpec(4, "per-group", 16) for name, _ in decoder_linears(model)}
+    specs = {**frozen, **decoder_specs}
+    hidden = features().half().float()
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029]] * 2)
+    apply_fake_quant(model, decoder_specs)
+    with torch.no_grad():
+        expected = logits_of(model, hidden, ids)
+        expected_encoding = model.model.encoder(
+            torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(3))
+        )
+    remove_fake_quant(model)
+    save_lowbit(model, tmp_path, quantized_tensors(model, specs))
+    reloaded = load_lowbit(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(reloaded, hidden, ids), expected, atol=1e-5, rtol=1e-5)
+        encoding = reloaded.model.encoder(
+            torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(3))
+        )
+    torch.testing.assert_close(
+        encoding.last_hidden_state, expected_encoding.last_hidden_state, atol=1e-4, rtol=1e-4
+    )
+    assert reloaded.model.decoder.embed_tokens.weight.data_ptr() == reloaded.proj_out.weight.data_ptr()
+    stored = load_file(str(tmp_path / LOWBIT_WEIGHTS_FILENAME))
+    assert "proj_out.codes" in stored and "model.decoder.embed_tokens.weight" not in stored
+    assert not any(
+        name.endswith(".weight") and ".encoder.layers." in name and "norm" not in name for name in stored
+    )
+    assert stored["proj_out.scale"].shape == (model.config.vocab_size, model.config.d_model // 16)
+
+
+def test_whole_model_scope_needs_bits_and_a_frozen_embedding() -> None:
+    with pytest.raises(ValueError, match="needs --qad-bits or --ptq-bits"):
+        DistillPlan(teacher="t", variant_id="s", languages=("en",), quantize_scope="model")
+    with pytest.raises(ValueError, match="do not train it"):
+        DistillPlan(
+            teacher="t",
+            variant_id="s",
+            languages=("en",),
+            ptq_bits=4,
+            quantize_scope="model",
+            train_embeddings=True,
+        )
 
 
 def test_guided_choice_upgrades_the_most_sensitive_layers_within_budget() -> None:

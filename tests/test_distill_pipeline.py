@@ -75,6 +75,37 @@ def test_qad_student_is_published_with_its_recipe_and_runs(setup: tuple[HushSett
     assert isinstance(result.text, str)
 
 
+def test_whole_model_4_bit_student_is_smaller_than_decoder_only_and_serves(
+    setup: tuple[HushSettings, ModelStore],
+) -> None:
+    settings, store = setup
+    common = {"teacher": "teacher", "languages": ("en", "cs"), "decoder_layers": None, "labels": "gold"}
+    for variant_id, scope in (("scope-decoder", "decoder"), ("scope-model", "model")):
+        plan = DistillPlan(
+            variant_id=variant_id,
+            preset="ce",
+            qad_bits=4,
+            granularity="per-group",
+            group_size=32,
+            quantize_scope=scope,  # type: ignore[arg-type]
+            steps=2,
+            batch_size=2,
+            **common,  # type: ignore[arg-type]
+        )
+        run_distillation(settings, store, plan, progress=False)
+    decoder_only, whole = store.verify("scope-decoder"), store.verify("scope-model")
+    assert whole.bytes_on_disk < decoder_only.bytes_on_disk < store.verify("teacher").bytes_on_disk
+    layer_bits = whole.recipe.args["layer_bits"]
+    assert "proj_out" in layer_bits and any(".encoder.layers." in name for name in layer_bits)
+    assert whole.recipe.args["group_size"] == [32] and whole.recipe.args["plan"]["quantize_scope"] == "model"
+    # its own encoder outputs (the quantized encoder's) were cached beside the teacher's
+    caches = {path.name for path in (settings.cache_dir / "encoder").iterdir()}
+    assert len(caches) >= 2
+    transcriber = open_variant(store, "scope-model", RuntimeSettings(device="cpu"))
+    result = transcriber.transcribe(sine(1.0), TranscribeOptions(language="en", temperatures=(0.0,)))
+    assert isinstance(result.text, str)
+
+
 def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStore]) -> None:
     settings, store = setup
     settings = settings.model_copy(

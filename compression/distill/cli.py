@@ -32,7 +32,18 @@ def distill_command(
     guided_bits: Annotated[
         float | None, typer.Option(help="Guided mixed precision (4/8) at this average bits per weight.")
     ] = None,
-    granularity: Annotated[str, typer.Option(help="per-channel or per-tensor scales.")] = "per-channel",
+    granularity: Annotated[
+        str,
+        typer.Option(help="Scales per-channel, per-tensor, or per-group (of --group-size input columns)."),
+    ] = "per-channel",
+    group_size: Annotated[int, typer.Option(min=1, help="Input columns per scale with per-group.")] = 64,
+    quantize_scope: Annotated[
+        str,
+        typer.Option(
+            help="decoder: quantize the decoder layers' Linears; model: also the frozen encoder Linears "
+            "and the output projection (= token embedding), post-training, at the same bits."
+        ),
+    ] = "decoder",
     steps: Annotated[int, typer.Option(help="Optimizer steps (0: publish the student at init).")] = 200,
     batch_size: Annotated[int, typer.Option(help="Utterances per step.")] = 8,
     learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-4,
@@ -72,6 +83,8 @@ def distill_command(
         ptq_bits=ptq_bits,
         guided_average_bits=guided_bits,
         granularity=granularity,  # type: ignore[arg-type]
+        group_size=group_size,
+        quantize_scope=quantize_scope,  # type: ignore[arg-type]  # checked by DistillPlan
         steps=steps,
         batch_size=batch_size,
         learning_rate=learning_rate,

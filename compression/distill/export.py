@@ -7,8 +7,8 @@ published variant computes what the student computed in training.
 
 Sizes (``size_report``):
 * ``bytes_real``: the bytes of the weight files on disk;
-* ``bytes_dq_rule``: DQ-Whisper's accounting: decoder Linear weights at their bits (their scales
-  counted too), every other parameter at 16 bits; ``teacher_bytes_dq_rule`` is the teacher at 16 bits.
+* ``bytes_dq_rule``: DQ-Whisper's accounting: quantized Linear weights at their bits (their scales
+  counted too, at 32 bits), every other parameter at 16 bits; ``teacher_bytes_dq_rule`` is the teacher at 16 bits.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import WhisperForConditionalGeneration
 
-from compression.distill.fake_quant import QuantSpec, quantize, remove_fake_quant
+from compression.distill.fake_quant import QuantSpec, quant_scale, quantize, remove_fake_quant
 from model_store.backends.lowbit import FORMAT_NAME, save_lowbit
 
 
@@ -58,6 +58,11 @@ def write_student(
         "bits": bits,
         "layer_bits": {name: spec.bits for name, spec in sorted((specs or {}).items())},
         "granularity": sorted({spec.granularity for spec in (specs or {}).values()}),
+        **(
+            {"group_size": sorted({s.group_size for s in specs.values() if s.granularity == "per-group"})}
+            if specs and any(spec.granularity == "per-group" for spec in specs.values())
+            else {}
+        ),
         "scheme": "weight-only, symmetric abs-max, clamped scales; dequantized at load (float compute)",
         "float_tensors": "float16",
     }
@@ -78,7 +83,7 @@ def dq_rule_bytes(model: WhisperForConditionalGeneration, specs: dict[str, Quant
         assert isinstance(linear, torch.nn.Linear), f"{name} names a Linear"
         weight = linear.weight
         quantized_parameters.add(id(weight))
-        scales = weight.shape[0] if spec.granularity == "per-channel" else 1
+        scales = quant_scale(weight, spec).numel()
         total_bits += weight.numel() * spec.bits + (scales * 32 if spec.bits < 16 else 0)
     for parameter in model.parameters():
         if id(parameter) not in quantized_parameters:

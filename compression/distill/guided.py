@@ -15,7 +15,13 @@ import torch
 from torch import nn
 from transformers import WhisperForConditionalGeneration
 
-from compression.distill.fake_quant import Granularity, QuantSpec, decoder_linears, fake_quantize
+from compression.distill.fake_quant import (
+    DEFAULT_GROUP_SIZE,
+    Granularity,
+    QuantSpec,
+    decoder_linears,
+    fake_quantize,
+)
 from compression.distill.objective import logits_of
 from compression.training.dataset import Batch
 
@@ -28,6 +34,7 @@ def sensitivity(
     batches: Iterable[Batch],
     bits: Sequence[int] = (4, 8),
     granularity: Granularity = "per-channel",
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> Sensitivity:
     """Relative output error of each decoder Linear at each of ``bits`` on ``batches``."""
     linears = dict(decoder_linears(model))
@@ -53,7 +60,7 @@ def sensitivity(
         energy = float((reference**2).sum().item()) or 1.0
         result[name] = {
             b: float(
-                ((x @ fake_quantize(linear.weight, QuantSpec(b, granularity)).T - reference) ** 2)
+                ((x @ fake_quantize(linear.weight, QuantSpec(b, granularity, group_size)).T - reference) ** 2)
                 .sum()
                 .item()
             )

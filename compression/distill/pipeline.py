@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -23,7 +24,13 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 from compression.data.corpus import Corpus
 from compression.distill.cached_decoding import CachedGreedyDecoder
 from compression.distill.export import dq_rule_bytes, parameter_count, weight_bytes, write_student
-from compression.distill.fake_quant import QuantSpec, apply_fake_quant, decoder_linears
+from compression.distill.fake_quant import (
+    QuantSpec,
+    apply_fake_quant,
+    decoder_linears,
+    frozen_linears,
+    quantize_in_place,
+)
 from compression.distill.guided import choose_bits, linear_sizes, sensitivity
 from compression.distill.losses import FeatureAdapter
 from compression.distill.objective import DistillObjective, loss_config
@@ -73,6 +80,24 @@ def build_student(plan: DistillPlan, teacher: WhisperForConditionalGeneration, s
     return shrink_student(teacher, layers, plan.encoder_layers)
 
 
+def quant_spec(plan: DistillPlan, bits: int) -> QuantSpec:
+    return QuantSpec(bits, plan.granularity, plan.group_size)
+
+
+def quantize_frozen_parts(plan: DistillPlan, student: Student) -> tuple[Student, dict[str, QuantSpec]]:
+    """With ``quantize_scope`` model: post-training quantize the encoder's Linears and the output
+    projection (tied to the token embedding) before any encoder output is cached, so the decoder
+    trains on what the quantized encoder produces. Returns the student (its encoder no longer the
+    teacher's) and the specs of what was quantized."""
+    if plan.quantize_scope != "model":
+        return student, {}
+    bits = plan.qad_bits or plan.ptq_bits
+    assert bits is not None, "DistillPlan checks that model scope has bits"
+    specs = {name: quant_spec(plan, bits) for name, _ in frozen_linears(student.model)}
+    quantize_in_place(student.model, specs)
+    return dataclasses.replace(student, shares_encoder=False), specs
+
+
 def freeze_for_training(student: WhisperForConditionalGeneration, train_embeddings: bool) -> None:
     student.requires_grad_(False)
     decoder = student.model.decoder
@@ -119,7 +144,7 @@ def run_distillation(
         dev_set = select_utterances(corpus, "dev", plan.languages, None, seed=plan.seed)
         teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
         teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
-        student = build_student(plan, teacher, store)
+        student, frozen_specs = quantize_frozen_parts(plan, build_student(plan, teacher, store))
         student_cache = teacher_cache
         if not student.shares_encoder:
             student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
@@ -165,10 +190,10 @@ def run_distillation(
     )
     if plan.guided_average_bits is not None:  # on whole batches: every process must choose the same bits
         calibration = [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))]
-        sens = sensitivity(model, calibration, (4, 8), plan.granularity)
+        sens = sensitivity(model, calibration, (4, 8), plan.granularity, plan.group_size)
         sizes = linear_sizes(model)
         bits = choose_bits(sens, sizes, plan.guided_average_bits, (4, 8))
-        specs = {name: QuantSpec(bits[name], plan.granularity) for name in bits}
+        specs = {name: quant_spec(plan, bits[name]) for name in bits}
         achieved = sum(sizes[name] * bits[name] for name in bits) / sum(sizes.values())
         report["guided"] = {
             "sensitivity": sens,
@@ -177,7 +202,7 @@ def run_distillation(
             "average_bits": round(achieved, 4),
         }
     elif plan.qad_bits is not None:
-        specs = {name: QuantSpec(plan.qad_bits, plan.granularity) for name, _ in decoder_linears(model)}
+        specs = {name: quant_spec(plan, plan.qad_bits) for name, _ in decoder_linears(model)}
     if specs:
         apply_fake_quant(model, specs)  # QAD: train through the quantizer (guided is QAD at mixed bits)
 
@@ -223,10 +248,10 @@ def run_distillation(
         return None  # the main process holds the same weights and publishes them
     model.eval()
     if plan.ptq_bits is not None:
-        specs = {name: QuantSpec(plan.ptq_bits, plan.granularity) for name, _ in decoder_linears(model)}
+        specs = {name: quant_spec(plan, plan.ptq_bits) for name, _ in decoder_linears(model)}
 
     # 7: export and publish
-    manifest = _publish(store, plan, parent, model, specs, report)
+    manifest = _publish(store, plan, parent, model, {**frozen_specs, **specs}, report)
     if plan.eval_dev:
         published = load_model(manifest, store.path(manifest.id), torch.device("cpu"), torch.float32)
         scores = quick_eval(

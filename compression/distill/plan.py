@@ -9,6 +9,7 @@ from compression.distill.fake_quant import Granularity
 from compression.distill.objective import Matching
 
 Labels = Literal["pseudo", "gold"]
+QuantizeScope = Literal["decoder", "model"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class DistillPlan:
     qad_bits: int | None = None  # fake-quantize decoder Linears during training (4 or 8)
     ptq_bits: int | None = None  # quantize decoder Linears after training only (the PTQ control)
     granularity: Granularity = "per-channel"
+    group_size: int = 64  # input columns per scale with granularity per-group
+    # decoder: the decoder layers' Linears only; model: also the frozen encoder Linears and the output
+    # projection (= the token embedding), post-training quantized before the student's encoder cache
+    quantize_scope: QuantizeScope = "decoder"
     guided_average_bits: float | None = None  # guided mixed precision (4/8 bits) at this average
     train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
     steps: int = 200
@@ -45,6 +50,17 @@ class DistillPlan:
         for bits in (self.qad_bits, self.ptq_bits):
             if bits is not None and bits not in (4, 8):
                 raise ValueError(f"quantization bits must be 4 or 8, not {bits}")
+        if self.quantize_scope not in ("decoder", "model"):
+            raise ValueError(f"quantize scope must be decoder or model, not {self.quantize_scope!r}")
+        if self.quantize_scope == "model":
+            if self.qad_bits is None and self.ptq_bits is None:
+                raise ValueError(
+                    "--quantize-scope model needs --qad-bits or --ptq-bits (the bits of every part)"
+                )
+            if self.train_embeddings:
+                raise ValueError(
+                    "--quantize-scope model quantizes the frozen token embedding; do not train it"
+                )
         if self.student_path is not None and self.decoder_layers is not None:
             object.__setattr__(self, "decoder_layers", None)
 

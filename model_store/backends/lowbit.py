@@ -5,9 +5,12 @@ What quantization-aware distillation and guided mixed precision export (``weight
 
 * for each quantized Linear ``<name>``: ``<name>.codes`` (8 bits: int8 ``(out, in)``; 4 bits: uint8
   ``(out, ceil(in / 2))``, two codes per byte, low nibble first, each stored as ``code + 8``) and
-  ``<name>.scale`` float32, ``(out, 1)`` per channel or ``(1, 1)`` per tensor; ``w = code * scale``;
-* every other tensor (embeddings, layer norms, the encoder, Linears kept at 16 bits) in float16;
-  the output projection tied to the token embedding is stored once, as the embedding;
+  ``<name>.scale`` float32, ``(out, 1)`` per channel, ``(1, 1)`` per tensor or ``(out, in / g)`` per
+  group of ``g`` consecutive input columns; ``w = code * scale`` (each scale repeated over its group);
+* every other tensor (embeddings, layer norms, Linears kept at 16 bits) in float16;
+* the output projection tied to the token embedding is stored once: as the embedding (float16), or,
+  when the output projection itself is quantized, as its codes, the embedding lookup then reading
+  the same dequantized rows;
 * the safetensors metadata ``layers``: JSON ``{name: [bits, granularity]}``.
 
 Loading dequantizes the codes into ordinary float Linears, so the reloaded model computes exactly
@@ -62,8 +65,11 @@ def save_lowbit(
     state: dict[str, torch.Tensor] = {}
     layers: dict[str, list[object]] = {}
     tied = model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
+    projection = _TIED[0].rpartition(".")[0]
     for name, tensor in model.state_dict().items():
         module_name, _, kind = name.rpartition(".")
+        if name == _TIED[1] and tied and projection in quantized:
+            continue  # stored once, as the output projection's codes
         if module_name in quantized and kind == "weight":
             codes, scale, bits, granularity = quantized[module_name]
             state[f"{module_name}.codes"] = (
@@ -80,6 +86,26 @@ def save_lowbit(
     metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "layers": json.dumps(layers)}
     save_safetensors(state, path, metadata=metadata)
     return path
+
+
+def expand_scale(scale: torch.Tensor, columns: int) -> torch.Tensor:
+    """A scale per tensor ``(1, 1)``, channel ``(out, 1)`` or group ``(out, groups)``, broadcastable
+    against ``(out, columns)`` weights."""
+    groups = scale.shape[1]
+    return scale if groups == 1 else scale.repeat_interleave(columns // groups, dim=1)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weights ``codes * scale`` from ``(out, in)`` integer codes, in ``dtype``."""
+    return codes.to(dtype) * expand_scale(scale.to(dtype), codes.shape[1])
+
+
+def _fill_tied(floats: dict[str, torch.Tensor]) -> None:
+    """Whichever of the tied output projection and token embedding was stored serves as both."""
+    stored = [name for name in _TIED if name in floats]
+    if len(stored) == 1:
+        for name in _TIED:
+            floats.setdefault(name, floats[stored[0]])
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -110,10 +136,9 @@ def load_lowbit(
         assert isinstance(linear, nn.Linear), f"{name} names a Linear"
         if bits == 4:
             codes = unpack_int4(codes, linear.in_features)
-        floats[f"{name}.weight"] = codes.to(torch.float32) * scale
+        floats[f"{name}.weight"] = dequantize(codes, scale)
     floats.update(state)
-    if _TIED[0] not in floats:
-        floats[_TIED[0]] = floats[_TIED[1]]
+    _fill_tied(floats)
     model.load_state_dict({k: v.to(dtype) for k, v in floats.items()}, strict=True, assign=True)
     model.tie_weights()
     logger.debug("loaded %d low-bit Linears from %s", len(layers), directory)
