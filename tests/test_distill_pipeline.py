@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from compression.data.audio_io import write_flac
 from compression.data.corpus import Record, write_index
+from compression.distill.cli import distill_command
 from compression.distill.pipeline import quick_eval_variant, run_distillation
 from compression.distill.plan import DistillPlan
 from model_store.backends.quantized_loading import weights_format
@@ -140,3 +143,24 @@ def test_quick_eval_reads_the_split_it_is_given(setup: tuple[HushSettings, Model
     test = quick_eval_variant(settings, store, "teacher", ("en", "cs"), split="test", progress=False)
     assert {language: score["utterances"] for language, score in dev.items()} == {"en": 1, "cs": 1}
     assert {language: score["utterances"] for language, score in test.items()} == {"en": 2, "cs": 2}
+
+
+def test_distill_command_names_a_bad_option_or_a_missing_corpus_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUSH_HOME", str(tmp_path))
+    monkeypatch.setenv("HUSH_STORE__ROOT", str(tmp_path / "store"))
+    app = typer.Typer()
+    app.command("distill")(distill_command)
+    app.command("noop")(lambda: None)  # a second command keeps `distill` a subcommand
+    base = ["distill", "teacher", "--id", "s", "--languages", "en"]
+    runner = CliRunner()
+    bad_scope = runner.invoke(app, [*base, "--quantize-scope", "everything"])
+    assert bad_scope.exit_code == 2 and "quantize scope must be decoder or model" in bad_scope.output
+    no_bits = runner.invoke(app, [*base, "--quantize-scope", "model"])
+    assert no_bits.exit_code == 2 and "needs --qad-bits or --ptq-bits" in no_bits.output
+    bad_granularity = runner.invoke(app, [*base, "--granularity", "per-row", "--qad-bits", "4"])
+    assert bad_granularity.exit_code == 2 and "per-row" in bad_granularity.output
+    no_corpus = runner.invoke(app, base)
+    assert no_corpus.exit_code == 2 and "run `hush data build` first" in no_corpus.output
+    assert not isinstance(no_corpus.exception, FileNotFoundError)  # reported, not raised

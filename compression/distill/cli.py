@@ -67,31 +67,34 @@ def distill_command(
     settings = HushSettings()
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
-    plan = DistillPlan(
-        teacher=teacher,
-        variant_id=variant_id,
-        languages=tuple(language.strip() for language in languages.split(",") if language.strip()),
-        per_language=per_language or None,
-        decoder_layers=decoder_layers or None,
-        encoder_layers=encoder_layers or None,
-        student_path=student,
-        preset=preset,
-        matching=matching,  # type: ignore[arg-type]  # checked by LossConfig
-        temperature=temperature,
-        labels=labels,  # type: ignore[arg-type]
-        qad_bits=qad_bits,
-        ptq_bits=ptq_bits,
-        guided_average_bits=guided_bits,
-        granularity=granularity,  # type: ignore[arg-type]
-        group_size=group_size,
-        quantize_scope=quantize_scope,  # type: ignore[arg-type]  # checked by DistillPlan
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        eval_dev=eval_dev,
-        replace=replace,
-    )
+    try:
+        plan = DistillPlan(
+            teacher=teacher,
+            variant_id=variant_id,
+            languages=tuple(language.strip() for language in languages.split(",") if language.strip()),
+            per_language=per_language or None,
+            decoder_layers=decoder_layers or None,
+            encoder_layers=encoder_layers or None,
+            student_path=student,
+            preset=preset,
+            matching=matching,  # type: ignore[arg-type]  # checked by LossConfig
+            temperature=temperature,
+            labels=labels,  # type: ignore[arg-type]
+            qad_bits=qad_bits,
+            ptq_bits=ptq_bits,
+            guided_average_bits=guided_bits,
+            granularity=granularity,  # type: ignore[arg-type]
+            group_size=group_size,
+            quantize_scope=quantize_scope,  # type: ignore[arg-type]  # checked by DistillPlan
+            steps=steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            eval_dev=eval_dev,
+            replace=replace,
+        )
+    except ValueError as error:  # the plan's own checks: name the problem, no traceback
+        raise typer.BadParameter(str(error)) from None
     from compression.training.checkpoint import PlanMismatchError
     from compression.training.distributed import Ranks
 
@@ -99,6 +102,9 @@ def distill_command(
     ranks.start()
     try:
         outcome = run_distillation(settings, ModelStore(settings.store.root), plan, ranks=ranks)
+    except FileNotFoundError as error:  # no corpus built yet, or a missing student directory
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
     except PlanMismatchError as error:
         typer.echo(
             f"{error}; train under another --id, or delete {settings.runs_dir / 'distill' / variant_id} "

@@ -50,6 +50,12 @@ class DistillPlan:
         for bits in (self.qad_bits, self.ptq_bits):
             if bits is not None and bits not in (4, 8):
                 raise ValueError(f"quantization bits must be 4 or 8, not {bits}")
+        if self.granularity not in ("per-channel", "per-tensor", "per-group"):
+            raise ValueError(
+                f"granularity must be per-channel, per-tensor or per-group, not {self.granularity!r}"
+            )
+        if self.group_size < 1:
+            raise ValueError(f"group size must be positive, not {self.group_size}")
         if self.quantize_scope not in ("decoder", "model"):
             raise ValueError(f"quantize scope must be decoder or model, not {self.quantize_scope!r}")
         if self.quantize_scope == "model":
