@@ -109,7 +109,7 @@ def bootstrap(settings: HushSettings, plan: BootstrapPlan | None = None) -> Mode
             or manifest.eval.split != job.split
         ):
             plan.log(f"evaluating {manifest.id} on {corpus.id} ({job.split})")
-            evaluate_variant(store, manifest.id, job, settings.runtime)
+            evaluate_variant(store, manifest.id, job, settings.runtime, routing_split=settings.eval.split)
         if store.get(manifest.id).latency is None:
             plan.log(f"measuring the latency of {manifest.id}")
             clips = latency_clips(

@@ -14,7 +14,7 @@ from compression.data.corpus import Corpus, Record, write_index
 from compression.evaluation.hypotheses import HypothesisLog
 from compression.evaluation.latency import measure_latency
 from compression.evaluation.latency_clips import GAP_SECONDS, latency_clips
-from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
+from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant, records_over
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from tests.conftest import sine
@@ -186,3 +186,22 @@ def test_language_id_counts_each_language_and_times_detection(
     store.update("tiny-b", multilingual=False, languages=("en",))
     with pytest.raises(ValueError, match="English-only"):
         identify_languages(store, "tiny-b", utterances, RuntimeSettings(device="cpu"), progress=False)
+
+
+def test_a_test_split_report_never_replaces_the_routing_report(
+    store_and_job: tuple[ModelStore, EvalJob],
+) -> None:
+    store, job = store_and_job
+    runtime = RuntimeSettings(device="cpu")
+    dev = evaluate_variant(store, "tiny-a", job, runtime, progress=False, routing_split="dev")
+    test = evaluate_variant(
+        store, "tiny-a", replace(job, split="test"), runtime, progress=False, routing_split="dev"
+    )
+    assert test.split == "test" and set(test.languages) == set(dev.languages)
+    assert store.get("tiny-a").eval == dev  # the router still reads the dev figures
+    # where the routing split is test (HUSH_EVAL__SPLIT=test), the test report is the one recorded
+    again = evaluate_variant(
+        store, "tiny-a", replace(job, split="test"), runtime, progress=False, routing_split="test"
+    )
+    assert store.get("tiny-a").eval == again and again.split == "test"
+    assert records_over(None, test, "dev")  # nothing recorded yet: anything is better than nothing

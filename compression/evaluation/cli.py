@@ -107,7 +107,18 @@ def eval_command(
         _compare(store, targets[1], targets[2], job)
         return
     for variant_id in targets:
-        report = evaluate_variant(store, variant_id, job, settings.runtime) if accuracy else None
+        report = None
+        if accuracy:
+            report = evaluate_variant(
+                store, variant_id, job, settings.runtime, routing_split=settings.eval.split
+            )
+            recorded = store.get(variant_id).eval
+            if recorded != report and recorded is not None:
+                typer.echo(
+                    f"{variant_id}: this {report.split} report is printed, not recorded: the manifest keeps "
+                    f"its {recorded.split} report, which routing uses (HUSH_EVAL__SPLIT={settings.eval.split})",
+                    err=True,
+                )
         if latency:
             manifest = store.get(variant_id)
             clips = latency_clips(

@@ -138,9 +138,16 @@ def build_report(
 
 
 def evaluate_variant(
-    store: ModelStore, variant_id: str, job: EvalJob, runtime: RuntimeSettings, *, progress: bool = True
+    store: ModelStore,
+    variant_id: str,
+    job: EvalJob,
+    runtime: RuntimeSettings,
+    *,
+    progress: bool = True,
+    routing_split: str = "dev",
 ) -> EvalReport:
-    """Evaluate, write the report into the variant's manifest, and return it."""
+    """Evaluate and return the report; record it in the variant's manifest unless
+    :func:`records_over` says the manifest's report must stay (see there)."""
     manifest = store.verify(variant_id)
     utterances = job.corpus.utterances(job.split, job.languages)
     utterances = job.select([utterance for utterance in utterances if manifest.covers(utterance.language)])
@@ -162,8 +169,27 @@ def evaluate_variant(
             list(hypotheses.values()), job.corpus, job.split_label, resamples=job.bootstrap_resamples
         ),
     )
-    store.update(variant_id, eval=report)
+    if records_over(manifest.eval, report, routing_split):
+        store.update(variant_id, eval=report)
     return report
+
+
+def records_over(previous: EvalReport | None, report: EvalReport, routing_split: str) -> bool:
+    """Whether ``report`` replaces the manifest's ``previous`` one.
+
+    The router reads the recorded report, so a report on another split than the routing one (``test``,
+    measured for final figures) never replaces one on the routing split (or a slice of it); it is
+    printed, and its transcripts are kept in the hypothesis log. Anything else is recorded (merged
+    with ``previous`` where both are the same corpus and split).
+    """
+    if previous is None:
+        return True
+    return _base_split(report.split) == routing_split or _base_split(previous.split) != routing_split
+
+
+def _base_split(label: str) -> str:
+    """``dev`` for ``dev`` and for a slice of it, ``dev:first10``."""
+    return label.split(":", 1)[0]
 
 
 def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> EvalReport:
