@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import ctranslate2
 import httpx
@@ -24,7 +25,9 @@ from app.metrics import HushMetrics
 from app.pool import VariantPool
 from app.settings import ServerSettings
 from compression.quantize.methods import quantize_variant
+from model_store.backends.transformers_backend import TransformersTranscriber
 from model_store.batching import BatchedDecoder
+from model_store.features import log_mel_spectrogram, window
 from model_store.micro_batcher import BatcherClosedError, BatchTimeoutError, MicroBatcher
 from model_store.opener import open_variant
 from model_store.settings import BatchingSettings, HushSettings, RuntimeSettings
@@ -306,7 +309,7 @@ def recorded(transcriber: Transcriber) -> Sizes:
 def test_concurrent_requests_give_the_output_of_lone_ones(
     variant_id: str, store: ModelStore, clips: list[Audio]
 ) -> None:
-    """The CTranslate2 variant batches encoder and decoder; the transformers one its encoder only."""
+    """Both backends batch the encoder, the language detection and the decoder."""
     options = [TEXT_ONLY] * len(clips)
     with opened(store, variant_id, UNBATCHED) as plain:
         alone = [plain.transcribe(clip, option) for clip, option in zip(clips, options, strict=True)]
@@ -317,27 +320,52 @@ def test_concurrent_requests_give_the_output_of_lone_ones(
     encodes = [size for stage, size, _ in sizes if stage == "encode"]
     decodes = [size for stage, size, _ in sizes if stage == "decode"]
     assert sum(encodes) == len(clips) and max(encodes) >= 2  # one window each, shared passes
-    if variant_id == CT2:
-        assert sum(decodes) == len(clips) and max(decodes) >= 2
-    else:
-        assert decodes == []  # the transformers decoder runs unbatched
+    assert sum(decodes) == len(clips) and max(decodes) >= 2
 
 
-def test_incompatible_decodes_run_in_their_own_groups(store: ModelStore, clips: list[Audio]) -> None:
+@pytest.mark.parametrize("variant_id", [CT2, PARENT])
+def test_incompatible_decodes_run_in_their_own_groups(
+    variant_id: str, store: ModelStore, clips: list[Audio]
+) -> None:
     """Text-only and timestamped prompts differ in length and mode: they never share a generate()."""
     options = [TEXT_ONLY, TIMED, TEXT_ONLY, TIMED]
-    with opened(store, CT2, UNBATCHED) as plain:
+    with opened(store, variant_id, UNBATCHED) as plain:
         alone = [plain.transcribe(clip, option) for clip, option in zip(clips, options, strict=True)]
-    with opened(store, CT2, BATCHED) as batched:
+    with opened(store, variant_id, BATCHED) as batched:
         sizes = recorded(batched)
         together = concurrently(batched, clips, options)
         detected = batched.detect_language(clips[0])
-        with opened(store, CT2, UNBATCHED) as plain:
-            assert detected == plain.detect_language(clips[0])
+        with opened(store, variant_id, UNBATCHED) as plain:
+            assert detected == pytest.approx(plain.detect_language(clips[0]), abs=1e-6)
     assert_same_output(together, alone)
     first_window_decodes = [size for stage, size, _ in sizes if stage == "decode"]
     assert first_window_decodes and max(first_window_decodes) <= 2
     assert ("detect", 1) in [(stage, size) for stage, size, _ in sizes]
+
+
+def test_transformers_rows_that_end_early_keep_their_lone_output(
+    store: ModelStore, clips: list[Audio]
+) -> None:
+    """In one batched decode, a window cut by its repetition limit stops growing while the others go
+    on: each row gets exactly what ``decode`` gives it alone."""
+    with opened(store, PARENT, UNBATCHED) as plain:
+        decoder = cast(TransformersTranscriber, plain)._decoder
+        encoded = [decoder.encode(window(log_mel_spectrogram(clip, 80), 0)) for clip in clips[:3]]
+        tokens = decoder.tokens
+        prompt = [tokens.sot, tokens.languages["en"], tokens.transcribe, tokens.no_timestamps]
+        # A limit of 0.1 counts any text as a loop at the first check (48 tokens); None never stops.
+        limits: list[float | None] = [None, 0.1, None]
+        options = {"temperature": 0.0, "max_new_tokens": 64, "with_timestamps": False}
+        alone = [
+            decoder.decode(one, prompt, repetition_limit=limit, **options)
+            for one, limit in zip(encoded, limits, strict=True)
+        ]
+        together = decoder.decode_batch(encoded, [prompt] * 3, repetition_limits=limits, **options)
+    assert [tokens for tokens, _, _ in together] == [tokens for tokens, _, _ in alone]
+    assert len(alone[1][0]) < len(alone[0][0])  # the cut row really ended first
+    for (_, summed, no_speech), (_, summed_alone, no_speech_alone) in zip(together, alone, strict=True):
+        assert summed == pytest.approx(summed_alone, abs=1e-4)
+        assert no_speech == pytest.approx(no_speech_alone, abs=1e-6)
 
 
 def test_trimmed_windows_of_different_lengths_batch_by_shape(store: ModelStore, clips: list[Audio]) -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from compression.quantize.bnb import write_bnb
-from compression.quantize.ct2_export import export_ctranslate2
 from compression.quantize.half import write_half
 from compression.quantize.parent import Parent
 from compression.quantize.torch_int8 import write_ptq_int8
@@ -34,6 +33,18 @@ from model_store.store import ModelStore
 logger = logging.getLogger(__name__)
 
 Writer = Callable[[Parent, Path], dict[str, Any]]
+
+
+def ctranslate2_writer(quantization: str) -> Writer:
+    """A CTranslate2 export. CTranslate2 is imported only when such a method runs, so that the
+    transformers methods also work where it is absent (the GPU image hush's device checks run on)."""
+
+    def write(parent: Parent, target: Path) -> dict[str, Any]:
+        from compression.quantize.ct2_export import export_ctranslate2
+
+        return export_ctranslate2(parent, target, quantization)
+
+    return write
 
 
 class UnknownMethodError(HushError, ValueError):
@@ -72,7 +83,7 @@ METHODS: dict[str, QuantizationMethod] = {
             "ctranslate2",
             "cpu",
             "int8",
-            lambda parent, target: export_ctranslate2(parent, target, "int8"),
+            ctranslate2_writer("int8"),
             "CTranslate2 int8 (faster-whisper's engine)",
         ),
         QuantizationMethod(
@@ -80,7 +91,7 @@ METHODS: dict[str, QuantizationMethod] = {
             "ctranslate2",
             "cuda",
             "int8_float16",
-            lambda parent, target: export_ctranslate2(parent, target, "int8_float16"),
+            ctranslate2_writer("int8_float16"),
             "CTranslate2 int8 weights with float16 compute (GPU)",
         ),
         QuantizationMethod(

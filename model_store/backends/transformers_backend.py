@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class TransformersWindowDecoder(TokenizerText):
-    """Greedy or sampled decoding of one window with a key/value cache."""
+    """Greedy or sampled decoding of windows with a key/value cache, one at a time or several per pass."""
 
     accepts_short_windows = False  # transformers' Whisper encoder insists on 3,000 frames
 
@@ -99,14 +99,44 @@ class TransformersWindowDecoder(TokenizerText):
         with_timestamps: bool,
         repetition_limit: float | None = None,
     ) -> tuple[list[int], float, float]:
+        return self.decode_batch(
+            [encoded],
+            [prompt],
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            with_timestamps=with_timestamps,
+            repetition_limits=[repetition_limit],
+        )[0]
+
+    @torch.inference_mode()
+    def decode_batch(
+        self,
+        encoded: Sequence[Any],
+        prompts: Sequence[list[int]],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
+        repetition_limits: Sequence[float | None],
+    ) -> list[tuple[list[int], float, float]]:
+        """``decode`` of each (window, prompt) with one forward pass a step for all of them.
+
+        The prompts must have one length (the batcher groups them so); a window that has ended keeps
+        its row until every window has, and its result is not touched after its end. One decoding
+        loop serves both: ``decode`` is a batch of one.
+        """
+        if len({len(prompt) for prompt in prompts}) > 1:
+            raise ValueError("a batched decode needs prompts of one length")
         rules = self._rules[with_timestamps]
-        encoder_outputs = BaseModelOutput(last_hidden_state=encoded)
-        input_ids = torch.tensor([prompt], device=self.device)
-        sot_index = prompt.index(self.tokens.sot)
+        rows = len(prompts)
+        encoder_outputs = BaseModelOutput(last_hidden_state=torch.cat(list(encoded)))
+        input_ids = torch.tensor([list(prompt) for prompt in prompts], device=self.device)
+        sot_indices = torch.tensor([prompt.index(self.tokens.sot) for prompt in prompts], device=self.device)
+        sampled: list[list[int]] = [[] for _ in range(rows)]
+        sums = [0.0] * rows
+        no_speech = [0.0] * rows
+        finished = [False] * rows
         past: Any = None
-        sampled: list[int] = []
-        sum_logprob = 0.0
-        no_speech_prob = 0.0
         for step in range(max_new_tokens):
             output = self.model(
                 encoder_outputs=encoder_outputs,
@@ -116,23 +146,54 @@ class TransformersWindowDecoder(TokenizerText):
             )
             past = output.past_key_values
             if step == 0:
-                first = output.logits[0, sot_index].float()
-                no_speech_prob = torch.softmax(first, dim=-1)[self.tokens.no_speech].item()
-            logits = rules.apply(output.logits[0, -1].float(), sampled)
+                first = output.logits[torch.arange(rows, device=self.device), sot_indices].float()
+                no_speech = torch.softmax(first, dim=-1)[:, self.tokens.no_speech].tolist()
+            logits = output.logits[:, -1].float()
+            for row in range(rows):
+                rules.apply(logits[row], sampled[row])  # masks in place
             log_probs = torch.log_softmax(logits, dim=-1)
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1).cpu()
-                token = int(torch.multinomial(probs, 1, generator=self._generator()).item())
+                chosen = torch.multinomial(probs, 1, generator=self._generator()).to(self.device)
             else:
-                token = int(logits.argmax().item())
-            if token == self.tokens.eot:
+                chosen = logits.argmax(dim=-1, keepdim=True)
+            tokens = chosen.squeeze(1).tolist()
+            chosen_log_probs = log_probs.gather(1, chosen).squeeze(1).tolist()
+            for row, token in enumerate(tokens):
+                if finished[row]:
+                    continue
+                if token == self.tokens.eot:
+                    finished[row] = True
+                    continue
+                sums[row] += chosen_log_probs[row]
+                sampled[row].append(token)
+                limit = repetition_limits[row]
+                if limit is not None and is_looping(sampled[row], self.text, limit):
+                    finished[row] = True
+            if all(finished):
                 break
-            sum_logprob += float(log_probs[token].item())
-            sampled.append(token)
-            if repetition_limit is not None and is_looping(sampled, self.text, repetition_limit):
-                break
-            input_ids = torch.tensor([[token]], device=self.device)
-        return sampled, sum_logprob, no_speech_prob
+            input_ids = chosen
+        return [(sampled[row], sums[row], no_speech[row]) for row in range(rows)]
+
+    @torch.inference_mode()
+    def language_probabilities_batch(self, encoded: Sequence[torch.Tensor]) -> list[dict[str, float]]:
+        """``language_probabilities`` of each window, from one decoder pass."""
+        if not self.tokens.languages:
+            return [{"en": 1.0} for _ in encoded]
+        logits = (
+            self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=torch.cat(list(encoded))),
+                decoder_input_ids=torch.full((len(encoded), 1), self.tokens.sot, device=self.device),
+            )
+            .logits[:, -1]
+            .float()
+        )
+        codes = list(self.tokens.languages)
+        ids = torch.tensor([self.tokens.languages[code] for code in codes], device=logits.device)
+        probabilities = torch.softmax(logits[:, ids], dim=-1).tolist()
+        return [
+            dict(sorted(zip(codes, row, strict=True), key=lambda item: -item[1])) for row in probabilities
+        ]
 
     @torch.inference_mode()
     def words(
@@ -198,22 +259,8 @@ class TransformersWindowDecoder(TokenizerText):
             heads.append(torch.softmax(query @ key.T * head_dim**-0.5, dim=-1))
         return torch.stack(heads), logits
 
-    @torch.inference_mode()
     def language_probabilities(self, encoded: torch.Tensor) -> dict[str, float]:
-        if not self.tokens.languages:
-            return {"en": 1.0}
-        logits = (
-            self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-                decoder_input_ids=torch.tensor([[self.tokens.sot]], device=self.device),
-            )
-            .logits[0, -1]
-            .float()
-        )
-        codes = list(self.tokens.languages)
-        ids = torch.tensor([self.tokens.languages[code] for code in codes], device=logits.device)
-        probs = torch.softmax(logits[ids], dim=-1).tolist()
-        return dict(sorted(zip(codes, probs, strict=True), key=lambda item: -item[1]))
+        return self.language_probabilities_batch([encoded])[0]
 
 
 class TransformersTranscriber(WindowTranscriber):
