@@ -149,23 +149,23 @@ class TransformersWindowDecoder(TokenizerText):
                 first = output.logits[torch.arange(rows, device=self.device), sot_indices].float()
                 no_speech = torch.softmax(first, dim=-1)[:, self.tokens.no_speech].tolist()
             logits = output.logits[:, -1].float()
-            for row in range(rows):
-                rules.apply(logits[row], sampled[row])  # masks in place
+            rules.apply_rows(logits, sampled)  # masks in place
             log_probs = torch.log_softmax(logits, dim=-1)
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1).cpu()
                 chosen = torch.multinomial(probs, 1, generator=self._generator()).to(self.device)
             else:
                 chosen = logits.argmax(dim=-1, keepdim=True)
-            tokens = chosen.squeeze(1).tolist()
-            chosen_log_probs = log_probs.gather(1, chosen).squeeze(1).tolist()
-            for row, token in enumerate(tokens):
+            # One copy to the host a step: each row's token id (exact in float64) and its log-probability.
+            picked = torch.cat((chosen.double(), log_probs.gather(1, chosen).double()), dim=1).tolist()
+            for row, (token_id, log_prob) in enumerate(picked):
+                token = int(token_id)
                 if finished[row]:
                     continue
                 if token == self.tokens.eot:
                     finished[row] = True
                     continue
-                sums[row] += chosen_log_probs[row]
+                sums[row] += log_prob
                 sampled[row].append(token)
                 limit = repetition_limits[row]
                 if limit is not None and is_looping(sampled[row], self.text, limit):

@@ -47,7 +47,7 @@ from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcriber
 
 GPU_METHODS = ("fp16", "bf16", "bnb-int8", "bnb-nf4")
-BATCH_LEVELS = (1, 16)
+BATCH_LEVELS = (1, 4, 16)
 
 
 @dataclass(frozen=True)
@@ -262,14 +262,19 @@ def run(arguments: argparse.Namespace) -> None:
         out.write_text(json.dumps({"variants": results, "batching": batches}, indent=1))
 
     plan: list[tuple[str, RuntimeSettings]] = [(arguments.parent, runtime_on(device, dtype="float32"))]
+    if arguments.batching_only:
+        plan = []
     for method in GPU_METHODS:
+        if arguments.batching_only and method != "fp16":
+            continue
         if device == "cpu" and method_named(method).device == "cuda":
             continue
         variant_id = variant_id_for(arguments.parent, method)
         if not store.exists(variant_id):
             _, seconds = timed(partial(quantize_variant, store, arguments.parent, method))
             print(f"made {variant_id} in {seconds:.1f} s", flush=True)
-        plan.append((variant_id, runtime_on(device)))
+        if not arguments.batching_only:
+            plan.append((variant_id, runtime_on(device)))
     batched = variant_id_for(arguments.parent, "fp16") if device == "cuda" else arguments.parent
     batch_clips = [clips[index % len(clips)] for index in range(arguments.requests)]
     for variant_id, runtime in plan:
@@ -283,6 +288,9 @@ def run(arguments: argparse.Namespace) -> None:
         if variant_id == batched and not batches:  # batching right after its variant's row
             batches = batching(store, batched, batch_clips, device)
             save()
+    if arguments.batching_only:
+        batches = batching(store, batched, batch_clips, device)
+        save()
     print_tables(results, batches)
 
 
@@ -299,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench.add_argument("--clips", type=Path, required=True)
     bench.add_argument("--parent", default="whisper-base")
     bench.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    bench.add_argument("--batching-only", action="store_true", help="skip the per-variant rows")
     bench.add_argument("--limit", type=int, default=None, help="use only the first N clips")
     bench.add_argument("--requests", type=int, default=32, help="clips sent in the batching runs")
     bench.add_argument("--out", type=Path, default=Path("bench_gpu.json"))
