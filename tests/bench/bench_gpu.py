@@ -100,11 +100,13 @@ def load_clips(path: Path) -> list[Clip]:
     ]
 
 
-def runtime_on(device: str, *, batching: str = "off", dtype: str = "float16") -> RuntimeSettings:
+def runtime_on(
+    device: str, *, batching: str = "off", dtype: str = "float16", max_wait_ms: float = 5.0
+) -> RuntimeSettings:
     return RuntimeSettings(
         device=device,
         cuda_dtype=dtype,
-        batching=BatchingSettings(mode=batching, max_batch=16),
+        batching=BatchingSettings(mode=batching, max_batch=16, max_wait_ms=max_wait_ms),
     )
 
 
@@ -130,9 +132,11 @@ def measure(
 ) -> dict[str, Any]:
     """Accuracy, speed and memory of one variant on the clips, one request at a time."""
     on_gpu = runtime.device == "cuda"
-    if on_gpu:
+    held_before = 0
+    if on_gpu:  # the peak is counted above what was already allocated (earlier runs' leftovers)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        held_before = torch.cuda.memory_allocated()
     transcriber, load_s = timed(lambda: open_variant(store, variant_id, runtime))
     try:
         transcriber.transcribe(clips[0].audio, clips[0].options)  # warm-up: kernels, allocator
@@ -141,7 +145,7 @@ def measure(
             result, seconds = timed(partial(transcriber.transcribe, clip.audio, clip.options))
             texts[clip.id] = result.text
             ms_per_second.append(1000 * seconds / clip.seconds)
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+        peak_mib = (torch.cuda.max_memory_allocated() - held_before) / 2**20 if on_gpu else None
     finally:
         transcriber.close()
     scores = [
@@ -163,6 +167,7 @@ def measure(
         "load_s": round(load_s, 2),
         "ms_per_audio_s": round(statistics.median(ms_per_second), 2),
         "peak_gpu_mib": None if peak_mib is None else round(peak_mib),
+        "held_before_mib": round(held_before / 2**20),
         "mean_cer": round(statistics.fmean(cer.values()), 4),
         "cer": {language: round(value, 4) for language, value in cer.items()},
         "texts": texts,
@@ -185,30 +190,78 @@ def run_clients(transcriber: Transcriber, clips: Sequence[Clip], clients: int) -
     return texts, seconds
 
 
-def batching(store: ModelStore, variant_id: str, clips: Sequence[Clip], device: str) -> list[dict[str, Any]]:
+def batching(
+    store: ModelStore, variant_id: str, clips: Sequence[Clip], device: str, waits_ms: Sequence[float]
+) -> list[dict[str, Any]]:
+    """One caller unbatched (the reference output and speed), then 1, 4 and 16 callers batched with
+    each bound on the batcher's wait."""
     audio_seconds = sum(clip.seconds for clip in clips)
     rows: list[dict[str, Any]] = []
     alone: list[str] = []
-    for mode in ("off", "on"):
-        transcriber = open_variant(store, variant_id, runtime_on(device, batching=mode))
+    for mode, wait_ms in [("off", 0.0), *(("on", wait) for wait in waits_ms)]:
+        runtime = runtime_on(device, batching=mode, max_wait_ms=wait_ms)
+        transcriber = open_variant(store, variant_id, runtime)
         try:
             transcriber.transcribe(clips[0].audio, clips[0].options)  # warm-up
-            for clients in BATCH_LEVELS:
+            for clients in BATCH_LEVELS if mode == "on" else (1,):
+                decode_sizes: list[int] = []
+
+                def record(stage: str, size: int, _waited: float, sizes: list[int] = decode_sizes) -> None:
+                    if stage == "decode":
+                        sizes.append(size)
+
+                transcriber.observe_batches(record)  # type: ignore[attr-defined]
                 texts, seconds = run_clients(transcriber, clips, clients)
                 alone = alone or texts  # the first run: batching off, one caller
                 rows.append(
                     {
-                        "batching": mode,
+                        "batching": mode if mode == "off" else f"on, wait {wait_ms:g} ms",
                         "clients": clients,
                         "seconds": round(seconds, 2),
                         "audio_s_per_s": round(audio_seconds / seconds, 1),
                         "same_as_alone": sum(a == b for a, b in zip(texts, alone, strict=True)),
                         "requests": len(clips),
+                        "decode_calls": len(decode_sizes),
+                        "mean_decode_batch": round(statistics.fmean(decode_sizes), 2)
+                        if decode_sizes
+                        else None,
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             transcriber.close()
+    return rows
+
+
+def step_times(store: ModelStore, variant_id: str, clip: Clip, device: str) -> list[dict[str, Any]]:
+    """Milliseconds per decoding step of ``decode_batch`` on N copies of one window: how a step's cost
+    grows with the batch (every row has the same length, so the step count is that of one)."""
+    from model_store.features import log_mel_spectrogram, window
+
+    transcriber = open_variant(store, variant_id, runtime_on(device))
+    rows = []
+    try:
+        decoder = transcriber._decoder  # type: ignore[attr-defined]
+        tokens = decoder.tokens
+        encoded = decoder.encode(window(log_mel_spectrogram(clip.audio, 80), 0))
+        prompt = [tokens.sot, tokens.languages[clip.language], tokens.transcribe]
+        for size in (1, 1, 4, 16):  # the first is a warm-up
+            decoded, seconds = timed(
+                partial(
+                    decoder.decode_batch,
+                    [encoded] * size,
+                    [prompt] * size,
+                    temperature=0.0,
+                    max_new_tokens=100,
+                    with_timestamps=True,
+                    repetition_limits=[None] * size,
+                )
+            )
+            steps = len(decoded[0][0]) + 1
+            rows.append({"rows": size, "steps": steps, "ms_per_step": round(1000 * seconds / steps, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        transcriber.close()
     return rows
 
 
@@ -230,14 +283,15 @@ def print_tables(results: Sequence[dict[str, Any]], batches: Sequence[dict[str, 
     if batches:
         base = {row["clients"]: row["audio_s_per_s"] for row in batches if row["batching"] == "off"}
         print(
-            "\n| batching | clients | requests | seconds | audio-s / s | vs 1 client unbatched | same text as alone |"
+            "\n| batching | clients | requests | seconds | audio-s / s | vs 1 client unbatched | "
+            "same text as alone | decode calls | mean decode batch |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for row in batches:
             print(
                 f"| {row['batching']} | {row['clients']} | {row['requests']} | {row['seconds']} | "
                 f"{row['audio_s_per_s']} | {row['audio_s_per_s'] / base[1]:.2f}x | "
-                f"{row['same_as_alone']}/{row['requests']} |"
+                f"{row['same_as_alone']}/{row['requests']} | {row['decode_calls']} | {row['mean_decode_batch']} |"
             )
 
 
@@ -276,6 +330,7 @@ def run(arguments: argparse.Namespace) -> None:
         if not arguments.batching_only:
             plan.append((variant_id, runtime_on(device)))
     batched = variant_id_for(arguments.parent, "fp16") if device == "cuda" else arguments.parent
+    waits = [float(wait) for wait in arguments.max_wait_ms.split(",")]
     batch_clips = [clips[index % len(clips)] for index in range(arguments.requests)]
     for variant_id, runtime in plan:
         if time_left() < arguments.reserve_s:
@@ -286,10 +341,13 @@ def run(arguments: argparse.Namespace) -> None:
         print(json.dumps({key: value for key, value in row.items() if key != "texts"}), flush=True)
         save()
         if variant_id == batched and not batches:  # batching right after its variant's row
-            batches = batching(store, batched, batch_clips, device)
+            batches = batching(store, batched, batch_clips, device, waits)
             save()
+    if arguments.step_bench:
+        steps = step_times(store, batched, clips[0], device)
+        out.with_name("steps.json").write_text(json.dumps(steps))
     if arguments.batching_only:
-        batches = batching(store, batched, batch_clips, device)
+        batches = batching(store, batched, batch_clips, device, waits)
         save()
     print_tables(results, batches)
 
@@ -308,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench.add_argument("--parent", default="whisper-base")
     bench.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     bench.add_argument("--batching-only", action="store_true", help="skip the per-variant rows")
+    bench.add_argument(
+        "--max-wait-ms", default="5", help="the batcher's bounds on waiting for company, comma-separated"
+    )
+    bench.add_argument(
+        "--step-bench", action="store_true", help="time decoding steps at batch sizes 1, 4, 16"
+    )
     bench.add_argument("--limit", type=int, default=None, help="use only the first N clips")
     bench.add_argument("--requests", type=int, default=32, help="clips sent in the batching runs")
     bench.add_argument("--out", type=Path, default=Path("bench_gpu.json"))
