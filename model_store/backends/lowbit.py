@@ -50,10 +50,13 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor, columns: int) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`: int8 codes ``(out, columns)``."""
-    low = (packed & 0x0F).to(torch.int16) - _NIBBLE_OFFSET
-    high = (packed >> 4).to(torch.int16) - _NIBBLE_OFFSET
-    return torch.stack([low, high], dim=-1).flatten(1)[:, :columns].to(torch.int8)
+    """Inverse of :func:`pack_int4`: int8 codes ``(out, columns)``, written nibble by nibble into one
+    int8 tensor (no wider temporaries: the largest layer, the output projection, is 26.5M codes)."""
+    codes = torch.empty((packed.shape[0], 2 * packed.shape[1]), dtype=torch.int8, device=packed.device)
+    codes[:, 0::2] = packed & 0x0F
+    codes[:, 1::2] = packed >> 4
+    codes -= _NIBBLE_OFFSET
+    return codes[:, :columns]
 
 
 def save_lowbit(
@@ -96,8 +99,15 @@ def expand_scale(scale: torch.Tensor, columns: int) -> torch.Tensor:
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Weights ``codes * scale`` from ``(out, in)`` integer codes, in ``dtype``."""
-    return codes.to(dtype) * expand_scale(scale.to(dtype), codes.shape[1])
+    """Weights ``codes * scale`` from ``(out, in)`` integer codes, in ``dtype``: one allocation of the
+    result, scaled in place (a group scale is broadcast over a view, never repeated to full size)."""
+    weights = codes.to(dtype, memory_format=torch.contiguous_format)
+    out, columns = weights.shape
+    groups = scale.shape[1]
+    if groups == 1:
+        return weights.mul_(scale.to(dtype))
+    weights.view(out, groups, columns // groups).mul_(scale.to(dtype).unsqueeze(-1))
+    return weights
 
 
 def _fill_tied(floats: dict[str, torch.Tensor]) -> None:
