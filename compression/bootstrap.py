@@ -15,7 +15,7 @@ from compression.data.build import BuildOptions, build
 from compression.data.corpus import Corpus, newest_corpus
 from compression.evaluation.latency import measure_latency
 from compression.evaluation.latency_clips import latency_clips
-from compression.evaluation.runner import EvalJob, evaluate_variant
+from compression.evaluation.runner import EvalJob, base_split, evaluate_variant
 from compression.importers.publish import import_to_store
 from model_store.opener import runnable_here
 from model_store.settings import HushSettings
@@ -106,7 +106,7 @@ def bootstrap(settings: HushSettings, plan: BootstrapPlan | None = None) -> Mode
         if (
             manifest.eval is None
             or manifest.eval.corpus_sha256 != corpus.sha256
-            or manifest.eval.split != job.split
+            or base_split(manifest.eval.split) != job.split  # a slice or a mix of slices of it will do
         ):
             plan.log(f"evaluating {manifest.id} on {corpus.id} ({job.split})")
             evaluate_variant(store, manifest.id, job, settings.runtime, routing_split=settings.eval.split)

@@ -144,8 +144,13 @@ def test_evaluating_some_languages_again_keeps_the_others(store_and_job: tuple[M
     assert again.languages["en"] == full.languages["en"]
     assert store.get("tiny-a").eval == again
     sliced = evaluate_variant(store, "tiny-a", replace(job, max_per_language=1), runtime, progress=False)
-    assert sliced.split != full.split  # a slice is another measurement: it replaces, never mixes
+    assert sliced.split != full.split  # a slice of every language is another measurement: it replaces
     assert all(score.utterances == 1 for score in sliced.languages.values())
+    # the whole split on one language after a slice of all: the others keep their sliced figures
+    mixed = evaluate_variant(store, "tiny-a", french_only, runtime, progress=False)
+    assert set(mixed.languages) == {"en", "fr"} and mixed.split == "dev:mixed"
+    assert mixed.languages["en"] == sliced.languages["en"] and mixed.languages["fr"] == full.languages["fr"]
+    assert store.get("tiny-a").eval == mixed
 
 
 def test_latency_clips_have_one_length_whatever_the_languages(

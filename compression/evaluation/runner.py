@@ -184,20 +184,33 @@ def records_over(previous: EvalReport | None, report: EvalReport, routing_split:
     """
     if previous is None:
         return True
-    return _base_split(report.split) == routing_split or _base_split(previous.split) != routing_split
+    return base_split(report.split) == routing_split or base_split(previous.split) != routing_split
 
 
-def _base_split(label: str) -> str:
+def base_split(label: str) -> str:
     """``dev`` for ``dev`` and for a slice of it, ``dev:first10``."""
     return label.split(":", 1)[0]
 
 
 def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> EvalReport:
     """``report`` plus the languages ``previous`` measured on the same corpus and split that it did
-    not: evaluating a few languages again (``--languages``) must not erase the others' figures."""
-    if previous is None or previous.corpus_sha256 != report.corpus_sha256 or previous.split != report.split:
+    not: evaluating a few languages again (``--languages``) must not erase the others' figures, which
+    the router reads. Each language keeps the figures of its latest measurement (with its own
+    utterance count); where those come from different slices of the split (``dev:first8`` and
+    ``dev``), the report's split says ``dev:mixed``."""
+    if (
+        previous is None
+        or previous.corpus_sha256 != report.corpus_sha256
+        or base_split(previous.split) != base_split(report.split)
+    ):
         return report
-    return report.model_copy(update={"languages": {**previous.languages, **report.languages}})
+    kept = {
+        language: score for language, score in previous.languages.items() if language not in report.languages
+    }
+    if not kept:
+        return report
+    split = report.split if previous.split == report.split else f"{base_split(report.split)}:mixed"
+    return report.model_copy(update={"languages": {**kept, **report.languages}, "split": split})
 
 
 @dataclass(frozen=True)
