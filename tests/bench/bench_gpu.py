@@ -235,7 +235,8 @@ def batching(
 
 def step_times(store: ModelStore, variant_id: str, clip: Clip, device: str) -> list[dict[str, Any]]:
     """Milliseconds per decoding step of ``decode_batch`` on N copies of one window: how a step's cost
-    grows with the batch (every row has the same length, so the step count is that of one)."""
+    grows with the batch (every row has the same length, so the step count is that of one). Each
+    batch shape is run once untimed first (kernel selection, allocator); pass a long clip."""
     from model_store.features import log_mel_spectrogram, window
 
     transcriber = open_variant(store, variant_id, runtime_on(device))
@@ -245,18 +246,18 @@ def step_times(store: ModelStore, variant_id: str, clip: Clip, device: str) -> l
         tokens = decoder.tokens
         encoded = decoder.encode(window(log_mel_spectrogram(clip.audio, 80), 0))
         prompt = [tokens.sot, tokens.languages[clip.language], tokens.transcribe]
-        for size in (1, 1, 4, 16):  # the first is a warm-up
-            decoded, seconds = timed(
-                partial(
-                    decoder.decode_batch,
-                    [encoded] * size,
-                    [prompt] * size,
-                    temperature=0.0,
-                    max_new_tokens=100,
-                    with_timestamps=True,
-                    repetition_limits=[None] * size,
-                )
+        for size in (1, 4, 16):
+            call = partial(
+                decoder.decode_batch,
+                [encoded] * size,
+                [prompt] * size,
+                temperature=0.0,
+                max_new_tokens=100,
+                with_timestamps=True,
+                repetition_limits=[None] * size,
             )
+            timed(call)  # warm-up at this shape
+            decoded, seconds = timed(call)
             steps = len(decoded[0][0]) + 1
             rows.append({"rows": size, "steps": steps, "ms_per_step": round(1000 * seconds / steps, 2)})
             print(json.dumps(rows[-1]), flush=True)
@@ -344,7 +345,8 @@ def run(arguments: argparse.Namespace) -> None:
             batches = batching(store, batched, batch_clips, device, waits)
             save()
     if arguments.step_bench:
-        steps = step_times(store, batched, clips[0], device)
+        longest = max((clip for clip in clips if clip.seconds <= 30), key=lambda clip: clip.seconds)
+        steps = step_times(store, batched, longest, device)
         out.with_name("steps.json").write_text(json.dumps(steps))
     if arguments.batching_only:
         batches = batching(store, batched, batch_clips, device, waits)
