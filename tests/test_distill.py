@@ -178,7 +178,8 @@ def test_int4_packing_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bits", "granularity"), [(8, "per-channel"), (4, "per-tensor"), (4, "per-channel"), (4, "per-group")]
+    ("bits", "granularity"),
+    [(8, "per-channel"), (6, "per-channel"), (4, "per-tensor"), (4, "per-channel"), (4, "per-group")],
 )
 def test_exported_low_bit_weights_reload_to_the_fake_quant_outputs(
     tmp_path: Path, teacher: WhisperForConditionalGeneration, bits: int, granularity: str
@@ -200,7 +201,11 @@ def test_exported_low_bit_weights_reload_to_the_fake_quant_outputs(
     stored = load_file(str(tmp_path / LOWBIT_WEIGHTS_FILENAME))
     code_bytes = sum(t.numel() * t.element_size() for name, t in stored.items() if name.endswith(".codes"))
     linear_weights = sum(linear.weight.numel() for _, linear in decoder_linears(model))
-    assert code_bytes == linear_weights * bits // 8  # real low-bit bytes, not floats
+    stored_bits = 4 if bits == 4 else 8  # 6-bit codes take a byte each
+    assert code_bytes == linear_weights * stored_bits // 8  # real low-bit bytes, not floats
+    codes = [t for name, t in stored.items() if name.endswith(".codes")]
+    if bits == 6:
+        assert max(int(t.abs().max()) for t in codes) <= 31  # within 6-bit range
     assert not any(
         name.endswith(".weight") and ".decoder.layers." in name and "norm" not in name for name in stored
     )

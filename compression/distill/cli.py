@@ -27,8 +27,13 @@ def distill_command(
     matching: Annotated[str | None, typer.Option(help="Hidden-state matching: static or dynamic.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Override the preset's temperature.")] = None,
     labels: Annotated[str, typer.Option(help="pseudo (teacher, WER-filtered) or gold.")] = "pseudo",
-    qad_bits: Annotated[int | None, typer.Option(help="Quantization-aware training at 4 or 8 bits.")] = None,
-    ptq_bits: Annotated[int | None, typer.Option(help="Quantize after training only (4 or 8 bits).")] = None,
+    qad_bits: Annotated[
+        int | None,
+        typer.Option(help="Quantization-aware training at 4, 6 or 8 bits (6: one byte a code on disk)."),
+    ] = None,
+    ptq_bits: Annotated[
+        int | None, typer.Option(help="Quantize after training only (4, 6 or 8 bits).")
+    ] = None,
     guided_bits: Annotated[
         float | None, typer.Option(help="Guided mixed precision (4/8) at this average bits per weight.")
     ] = None,

@@ -24,17 +24,23 @@ MIN_SCALE = 1e-8
 DEFAULT_GROUP_SIZE = 64
 
 
+# Uniform bit widths. 4-bit codes are packed two to a byte; 6- and 8-bit codes take a byte each, so a
+# 6-bit student is 6-bit by DQ-Whisper's size rule but 8-bit in real bytes (the control that guided
+# 4/8-bit mixed precision at a 6-bit average is compared with).
+QUANTIZATION_BITS = (4, 6, 8)
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How one Linear's weight is quantized."""
 
-    bits: int  # 4 or 8 (16 means: kept in float16)
+    bits: int  # one of QUANTIZATION_BITS (16 means: kept in float16)
     granularity: Granularity = "per-channel"
     group_size: int = DEFAULT_GROUP_SIZE  # input columns per scale, for "per-group" only
 
     def __post_init__(self) -> None:
-        if self.bits not in (4, 8, 16):
-            raise ValueError(f"bits must be 4, 8 or 16, not {self.bits}")
+        if self.bits not in (*QUANTIZATION_BITS, 16):
+            raise ValueError(f"bits must be 4, 6, 8 or 16, not {self.bits}")
         if self.granularity not in ("per-tensor", "per-channel", "per-group"):
             raise ValueError(
                 f"granularity must be per-tensor, per-channel or per-group, not {self.granularity}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from compression.distill.fake_quant import Granularity
+from compression.distill.fake_quant import QUANTIZATION_BITS, Granularity
 from compression.distill.objective import Matching
 
 Labels = Literal["pseudo", "gold"]
@@ -27,7 +27,7 @@ class DistillPlan:
     matching: Matching | None = None  # override the preset's matching
     temperature: float | None = None  # override the preset's temperature
     labels: Labels = "pseudo"  # CE targets (and teacher-forced inputs): teacher pseudo-labels or gold
-    qad_bits: int | None = None  # fake-quantize decoder Linears during training (4 or 8)
+    qad_bits: int | None = None  # fake-quantize decoder Linears during training (QUANTIZATION_BITS)
     ptq_bits: int | None = None  # quantize decoder Linears after training only (the PTQ control)
     granularity: Granularity = "per-channel"
     group_size: int = 64  # input columns per scale with granularity per-group
@@ -48,8 +48,8 @@ class DistillPlan:
         if sum(x is not None for x in (self.qad_bits, self.ptq_bits, self.guided_average_bits)) > 1:
             raise ValueError("choose one of --qad-bits, --ptq-bits and --guided-bits")
         for bits in (self.qad_bits, self.ptq_bits):
-            if bits is not None and bits not in (4, 8):
-                raise ValueError(f"quantization bits must be 4 or 8, not {bits}")
+            if bits is not None and bits not in QUANTIZATION_BITS:
+                raise ValueError(f"quantization bits must be 4, 6 or 8, not {bits}")
         if self.granularity not in ("per-channel", "per-tensor", "per-group"):
             raise ValueError(
                 f"granularity must be per-channel, per-tensor or per-group, not {self.granularity!r}"
