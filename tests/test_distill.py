@@ -19,7 +19,7 @@ from compression.distill.fake_quant import (
     quantize,
     remove_fake_quant,
 )
-from compression.distill.guided import choose_bits
+from compression.distill.guided import choose_bits, output_sensitivity
 from compression.distill.losses import FeatureAdapter, dynamic_matching, layer_distances
 from compression.distill.objective import DistillObjective, ffn_features, logits_of, loss_config
 from compression.distill.pipeline import freeze_for_training, quantize_frozen_parts
@@ -32,7 +32,7 @@ from compression.distill.students import (
 )
 from compression.distill.teacher_memo import TeacherMemo
 from compression.training.checkpoint import PlanMismatchError
-from compression.training.dataset import CachedBatches, Example
+from compression.training.dataset import IGNORE, Batch, CachedBatches, Example
 from compression.training.encoder_cache import EncoderCache
 from compression.training.loop import TrainingOptions, train
 from model_store.backends.lowbit import (
@@ -285,6 +285,24 @@ def test_guided_choice_upgrades_the_most_sensitive_layers_within_budget() -> Non
     assert choose_bits(sens, sizes, 7.0) == {"a": 8, "b": 4, "c": 8}
     with pytest.raises(ValueError, match="below the lowest"):
         choose_bits(sens, sizes, 3.0)
+
+
+def test_model_output_sensitivity_is_one_kl_scale_and_leaves_the_weights_alone(
+    teacher: WhisperForConditionalGeneration,
+) -> None:
+    model = shrink_student(teacher, 2).model
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 50257]] * 2)
+    labels = ids.roll(-1, dims=1)
+    labels[:, :3] = IGNORE  # the forced prompt predicts nothing
+    labels[1, 5:] = IGNORE  # a shorter second row
+    batch = Batch(("a", "b"), features(), ids, labels)
+    measured = output_sensitivity(model, [batch], (4, 8))
+    assert set(measured) == {name for name, _ in decoder_linears(model)}
+    for name, by_bits in measured.items():
+        assert 0 <= by_bits[8] < by_bits[4], name  # 4 bits move the output distribution more than 8
+    after = model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # every weight restored
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,13 @@ def distill_command(
     guided_bits: Annotated[
         float | None, typer.Option(help="Guided mixed precision (4/8) at this average bits per weight.")
     ] = None,
+    guided_measure: Annotated[
+        str,
+        typer.Option(
+            help="Sensitivity for --guided-bits: linear-output (each Linear's own output error) or "
+            "model-output (KL of the model's next-token distribution with that Linear quantized)."
+        ),
+    ] = "linear-output",
     granularity: Annotated[
         str,
         typer.Option(help="Scales per-channel, per-tensor, or per-group (of --group-size input columns)."),
@@ -88,6 +95,7 @@ def distill_command(
             qad_bits=qad_bits,
             ptq_bits=ptq_bits,
             guided_average_bits=guided_bits,
+            guided_measure=guided_measure,  # type: ignore[arg-type]  # checked by DistillPlan
             granularity=granularity,  # type: ignore[arg-type]
             group_size=group_size,
             quantize_scope=quantize_scope,  # type: ignore[arg-type]  # checked by DistillPlan

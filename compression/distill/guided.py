@@ -1,15 +1,23 @@
 """Guided mixed precision: per decoder Linear, measure quantization sensitivity, choose bits under a budget.
 
-Sensitivity of a Linear at ``b`` bits is the relative output error on calibration data,
-``||X Q_b(W)^T - X W^T||^2 / ||X W^T||^2``, with ``X`` the Linear's real inputs on calibration batches
-(teacher-forced, cached encoder outputs). :func:`choose_bits` starts every Linear at the lowest
-precision and repeatedly upgrades the Linear with the largest error reduction per extra byte while
-the total stays within the budget (average bits per decoder Linear weight), a greedy knapsack.
+Two measures of a Linear's sensitivity at ``b`` bits, on calibration batches (teacher-forced, cached
+encoder outputs):
+
+* ``linear-output`` (:func:`sensitivity`): its own relative output error,
+  ``||X Q_b(W)^T - X W^T||^2 / ||X W^T||^2``, with ``X`` its real inputs. Cheap, but each Linear is
+  measured in its own units, so an attention projection and an FFN are not compared on what matters.
+* ``model-output`` (:func:`output_sensitivity`): the KL divergence of the model's next-token
+  distribution, float against that Linear alone quantized, per target token. One unit for all.
+
+:func:`choose_bits` starts every Linear at the lowest precision and repeatedly upgrades the Linear
+with the largest error reduction per extra byte while the total stays within the budget (average bits
+per decoder Linear weight), a greedy knapsack.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -26,6 +34,8 @@ from compression.distill.objective import logits_of
 from compression.training.dataset import Batch
 
 Sensitivity = dict[str, dict[int, float]]
+SensitivityMeasure = Literal["linear-output", "model-output"]
+SENSITIVITY_MEASURES: tuple[SensitivityMeasure, ...] = ("linear-output", "model-output")
 
 
 @torch.no_grad()
@@ -68,6 +78,50 @@ def sensitivity(
             for b in bits
         }
     return result
+
+
+@torch.no_grad()
+def output_sensitivity(
+    model: WhisperForConditionalGeneration,
+    batches: Sequence[Batch],
+    bits: Sequence[int] = (4, 8),
+    granularity: Granularity = "per-channel",
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> Sensitivity:
+    """Mean KL divergence per target token of the model's next-token distribution, float against each
+    decoder Linear alone quantized at each of ``bits``. The weights are restored after each Linear."""
+    references = [
+        torch.log_softmax(logits_of(model, batch.encoder_hidden, batch.decoder_input_ids).double(), dim=-1)
+        for batch in batches
+    ]
+    tokens = sum(batch.target_tokens for batch in batches) or 1
+    result: Sensitivity = {}
+    for name, linear in decoder_linears(model):
+        original = linear.weight.data
+        result[name] = {}
+        for b in bits:
+            linear.weight.data = fake_quantize(original, QuantSpec(b, granularity, group_size))
+            divergence = 0.0
+            for batch, reference in zip(batches, references, strict=True):
+                logits = logits_of(model, batch.encoder_hidden, batch.decoder_input_ids).double()
+                per_token = (reference.exp() * (reference - torch.log_softmax(logits, dim=-1))).sum(-1)
+                divergence += float(per_token[batch.mask].sum().item())
+            result[name][b] = divergence / tokens
+        linear.weight.data = original
+    return result
+
+
+def measure_sensitivity(
+    measure: SensitivityMeasure,
+    model: WhisperForConditionalGeneration,
+    batches: Sequence[Batch],
+    bits: Sequence[int],
+    granularity: Granularity,
+    group_size: int,
+) -> Sensitivity:
+    if measure == "model-output":
+        return output_sensitivity(model, batches, bits, granularity, group_size)
+    return sensitivity(model, batches, bits, granularity, group_size)
 
 
 def choose_bits(

@@ -31,7 +31,7 @@ from compression.distill.fake_quant import (
     frozen_linears,
     quantize_in_place,
 )
-from compression.distill.guided import choose_bits, linear_sizes, sensitivity
+from compression.distill.guided import choose_bits, linear_sizes, measure_sensitivity
 from compression.distill.losses import FeatureAdapter
 from compression.distill.objective import DistillObjective, loss_config
 from compression.distill.plan import DistillPlan
@@ -190,7 +190,9 @@ def run_distillation(
     )
     if plan.guided_average_bits is not None:  # on whole batches: every process must choose the same bits
         calibration = [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))]
-        sens = sensitivity(model, calibration, (4, 8), plan.granularity, plan.group_size)
+        sens = measure_sensitivity(
+            plan.guided_measure, model, calibration, (4, 8), plan.granularity, plan.group_size
+        )
         sizes = linear_sizes(model)
         bits = choose_bits(sens, sizes, plan.guided_average_bits, (4, 8))
         specs = {name: quant_spec(plan, bits[name]) for name in bits}
@@ -199,6 +201,7 @@ def run_distillation(
             "sensitivity": sens,
             "bits": bits,
             "budget_average_bits": plan.guided_average_bits,
+            "measure": plan.guided_measure,
             "average_bits": round(achieved, 4),
         }
     elif plan.qad_bits is not None:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from compression.distill.fake_quant import QUANTIZATION_BITS, Granularity
+from compression.distill.guided import SENSITIVITY_MEASURES, SensitivityMeasure
 from compression.distill.objective import Matching
 
 Labels = Literal["pseudo", "gold"]
@@ -35,6 +36,7 @@ class DistillPlan:
     # projection (= the token embedding), post-training quantized before the student's encoder cache
     quantize_scope: QuantizeScope = "decoder"
     guided_average_bits: float | None = None  # guided mixed precision (4/8 bits) at this average
+    guided_measure: SensitivityMeasure = "linear-output"  # how guided measures sensitivity (guided.py)
     train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
     steps: int = 200
     batch_size: int = 8
@@ -50,6 +52,10 @@ class DistillPlan:
         for bits in (self.qad_bits, self.ptq_bits):
             if bits is not None and bits not in QUANTIZATION_BITS:
                 raise ValueError(f"quantization bits must be 4, 6 or 8, not {bits}")
+        if self.guided_measure not in SENSITIVITY_MEASURES:
+            raise ValueError(
+                f"guided measure must be one of {', '.join(SENSITIVITY_MEASURES)}, not {self.guided_measure!r}"
+            )
         if self.granularity not in ("per-channel", "per-tensor", "per-group"):
             raise ValueError(
                 f"granularity must be per-channel, per-tensor or per-group, not {self.granularity!r}"
