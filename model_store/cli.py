@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -58,10 +59,10 @@ def store_ls() -> None:
     if not manifests:
         typer.echo(f"no variants in {store.root} (import one: hush store import whisper-base)", err=True)
         return
-    header = f"{'id':<28} {'recipe':<12} {'tier':<6} {'device':<6} {'dtype':<8} {'size':>9} {'langs':<6} {'CER':>6} {'ms/s':>7}"
+    header = f"{'id':<28} {'recipe':<12} {'tier':<6} {'device':<6} {'dtype':<8} {'size':>9} {'langs':<11} {'CER':>6} {'ms/s':>7}"
     typer.echo(header)
     for manifest in manifests:
-        languages = "*" if "*" in manifest.languages else ",".join(manifest.languages)[:6]
+        languages = languages_cell(manifest.languages)
         cer = "-"
         if manifest.eval is not None and manifest.eval.languages:
             scores = manifest.eval.languages.values()
@@ -72,8 +73,17 @@ def store_ls() -> None:
         latency = f"{manifest.latency.ms_per_audio_second:.1f}" if manifest.latency else "-"
         typer.echo(
             f"{manifest.id:<28} {manifest.recipe.method:<12} {manifest.size_tier:<6} {manifest.device:<6} "
-            f"{manifest.dtype:<8} {_human_bytes(manifest.bytes_on_disk):>9} {languages:<6} {cer:>6} {latency:>7}"
+            f"{manifest.dtype:<8} {_human_bytes(manifest.bytes_on_disk):>9} {languages:<11} {cer:>6} {latency:>7}"
         )
+
+
+def languages_cell(languages: Sequence[str], width: int = 11) -> str:
+    """``*`` for every language, the list where it fits (``es,fr,it,ru``), else a count (``27 langs``):
+    never a list cut in the middle."""
+    if "*" in languages:
+        return "*"
+    listed = ",".join(languages)
+    return listed if len(listed) <= width else f"{len(languages)} langs"
 
 
 @store_app.command("show")

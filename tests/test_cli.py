@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model_store.cli import languages_cell
 from model_store.store import ModelStore
 from tests.conftest import DATA
 
@@ -72,3 +73,9 @@ def test_eval_table_and_a_request_to_measure_nothing(tiny_store: ModelStore) -> 
     assert table.stdout.splitlines()[0] == "| lang | tiny-random |"
     nothing = hush("eval", "tiny-random", "--no-accuracy", "--no-latency", store=tiny_store.root)
     assert nothing.returncode == 2 and "nothing to measure" in nothing.stderr
+
+
+def test_store_ls_shows_a_language_list_whole_or_counts_it() -> None:
+    assert languages_cell(("*",)) == "*"
+    assert languages_cell(("es", "fr", "it", "ru")) == "es,fr,it,ru"
+    assert languages_cell(("ca", "cs", "es", "nl", "ru")) == "5 langs"  # never "ca,cs,es,n"
