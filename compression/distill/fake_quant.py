@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from model_store.backends.lowbit import dequantize, expand_scale
+from model_store.backends.lowbit import by_scale_group, dequantize
 
 Granularity = Literal["per-tensor", "per-channel", "per-group"]
 MIN_SCALE = 1e-8
@@ -76,9 +76,9 @@ def quant_scale(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 def quantize(weight: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer codes (int8 tensor, values within +-qmax) and their scales (see :func:`quant_scale`)."""
     scale = quant_scale(weight, spec)
-    full_scale = expand_scale(scale, weight.shape[1])
-    codes = torch.clamp(torch.round(weight.detach() / full_scale), -spec.qmax, spec.qmax).to(torch.int8)
-    return codes, scale
+    grouped, per_group = by_scale_group(weight.detach(), scale)
+    codes = torch.clamp(torch.round(grouped / per_group), -spec.qmax, spec.qmax).to(torch.int8)
+    return codes.reshape(weight.shape), scale
 
 
 def fake_quantize(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

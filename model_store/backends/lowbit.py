@@ -91,22 +91,21 @@ def save_lowbit(
     return path
 
 
-def expand_scale(scale: torch.Tensor, columns: int) -> torch.Tensor:
-    """A scale per tensor ``(1, 1)``, channel ``(out, 1)`` or group ``(out, groups)``, broadcastable
-    against ``(out, columns)`` weights."""
+def by_scale_group(weights: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, columns)`` weights viewed as ``(out, groups, columns / groups)``, beside the scale of the
+    tensor ``(1, 1)``, of each channel ``(out, 1)`` or of each group ``(out, groups)`` shaped to broadcast
+    against that view: a scale is never repeated to the weights' full size."""
+    out, columns = weights.shape
     groups = scale.shape[1]
-    return scale if groups == 1 else scale.repeat_interleave(columns // groups, dim=1)
+    return weights.reshape(out, groups, columns // groups), scale.unsqueeze(-1)
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Weights ``codes * scale`` from ``(out, in)`` integer codes, in ``dtype``: one allocation of the
-    result, scaled in place (a group scale is broadcast over a view, never repeated to full size)."""
+    result, scaled in place."""
     weights = codes.to(dtype, memory_format=torch.contiguous_format)
-    out, columns = weights.shape
-    groups = scale.shape[1]
-    if groups == 1:
-        return weights.mul_(scale.to(dtype))
-    weights.view(out, groups, columns // groups).mul_(scale.to(dtype).unsqueeze(-1))
+    grouped, per_group = by_scale_group(weights, scale.to(dtype))
+    grouped.mul_(per_group)  # a view of ``weights``
     return weights
 
 
