@@ -179,7 +179,14 @@ def test_int4_packing_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("bits", "granularity"),
-    [(8, "per-channel"), (6, "per-channel"), (4, "per-tensor"), (4, "per-channel"), (4, "per-group")],
+    [
+        (8, "per-channel"),
+        (6, "per-channel"),
+        (5, "per-group"),
+        (4, "per-tensor"),
+        (4, "per-channel"),
+        (4, "per-group"),
+    ],
 )
 def test_exported_low_bit_weights_reload_to_the_fake_quant_outputs(
     tmp_path: Path, teacher: WhisperForConditionalGeneration, bits: int, granularity: str
@@ -285,6 +292,33 @@ def test_guided_choice_upgrades_the_most_sensitive_layers_within_budget() -> Non
     assert choose_bits(sens, sizes, 7.0) == {"a": 8, "b": 4, "c": 8}
     with pytest.raises(ValueError, match="below the lowest"):
         choose_bits(sens, sizes, 3.0)
+
+
+def noise_like(scale: float) -> dict[int, float]:
+    """A Linear whose error falls like quantization noise, 4x for each extra bit."""
+    return {bits: scale * 4.0 ** (4 - bits) for bits in range(4, 9)}
+
+
+def test_guided_choice_among_finer_widths_is_uniform_for_equal_layers_and_not_for_unequal_ones() -> None:
+    sizes = {"a": 100, "b": 100, "c": 100, "d": 100}
+    equal = {name: noise_like(1.0) for name in sizes}
+    assert choose_bits(equal, sizes, 6.0, (4, 6, 8)) == dict.fromkeys(sizes, 6)
+    assert choose_bits(equal, sizes, 5.0, range(4, 9)) == dict.fromkeys(sizes, 5)
+    # one Linear 50x as sensitive as the others is worth 8 bits; the others pay for it as evenly as they can
+    unequal = {**equal, "a": noise_like(50.0)}
+    assert choose_bits(unequal, sizes, 6.0, range(4, 9)) == {"a": 8, "b": 6, "c": 5, "d": 5}
+
+
+def test_guided_choices_must_be_supported_widths() -> None:
+    plan = DistillPlan(
+        teacher="t", variant_id="s", languages=("en",), guided_average_bits=6, guided_choices=(8, 4, 6, 4)
+    )
+    assert plan.guided_choices == (4, 6, 8)
+    for bad in ((), (3, 8), (4, 16)):
+        with pytest.raises(ValueError, match="guided choices"):
+            DistillPlan(
+                teacher="t", variant_id="s", languages=("en",), guided_average_bits=6, guided_choices=bad
+            )
 
 
 def test_model_output_sensitivity_is_one_kl_scale_and_leaves_the_weights_alone(

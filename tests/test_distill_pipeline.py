@@ -122,6 +122,7 @@ def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStor
         preset="distil-whisper",
         labels="pseudo",
         guided_average_bits=6.0,
+        guided_choices=(4, 6, 8),
         steps=1,
         batch_size=2,
         eval_dev=False,
@@ -132,7 +133,8 @@ def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStor
     report = outcome.report
     assert report["pseudo_labels"]["total"] == {"cs": 4, "en": 4}
     bits = manifest.recipe.args["guided"]["bits"]
-    assert set(bits.values()) <= {4, 8} and manifest.recipe.method == "guided"
+    assert set(bits.values()) <= {4, 6, 8} and manifest.recipe.method == "guided"
+    assert set(manifest.recipe.args["guided"]["sensitivity"]["model.decoder.layers.0.fc1"]) == {"4", "6", "8"}
     assert 4.0 < manifest.recipe.args["guided"]["average_bits"] <= 6.0
     assert set(manifest.recipe.args["guided"]["sensitivity"]) == set(bits)
 

@@ -29,14 +29,17 @@ def distill_command(
     labels: Annotated[str, typer.Option(help="pseudo (teacher, WER-filtered) or gold.")] = "pseudo",
     qad_bits: Annotated[
         int | None,
-        typer.Option(help="Quantization-aware training at 4, 6 or 8 bits (6: one byte a code on disk)."),
+        typer.Option(
+            help="Quantization-aware training at 4 to 8 bits (4: packed; 5-8: one byte a code on disk)."
+        ),
     ] = None,
-    ptq_bits: Annotated[
-        int | None, typer.Option(help="Quantize after training only (4, 6 or 8 bits).")
-    ] = None,
+    ptq_bits: Annotated[int | None, typer.Option(help="Quantize after training only (4 to 8 bits).")] = None,
     guided_bits: Annotated[
-        float | None, typer.Option(help="Guided mixed precision (4/8) at this average bits per weight.")
+        float | None, typer.Option(help="Guided mixed precision at this average bits per weight.")
     ] = None,
+    guided_choices: Annotated[
+        str, typer.Option(help="Bit widths --guided-bits chooses from per Linear, e.g. 4,5,6,7,8.")
+    ] = "4,8",
     guided_measure: Annotated[
         str,
         typer.Option(
@@ -96,6 +99,7 @@ def distill_command(
             ptq_bits=ptq_bits,
             guided_average_bits=guided_bits,
             guided_measure=guided_measure,  # type: ignore[arg-type]  # checked by DistillPlan
+            guided_choices=tuple(int(bits) for bits in guided_choices.split(",") if bits.strip()),
             granularity=granularity,  # type: ignore[arg-type]
             group_size=group_size,
             quantize_scope=quantize_scope,  # type: ignore[arg-type]  # checked by DistillPlan

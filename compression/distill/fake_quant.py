@@ -24,10 +24,11 @@ MIN_SCALE = 1e-8
 DEFAULT_GROUP_SIZE = 64
 
 
-# Uniform bit widths. 4-bit codes are packed two to a byte; 6- and 8-bit codes take a byte each, so a
-# 6-bit student is 6-bit by DQ-Whisper's size rule but 8-bit in real bytes (the control that guided
-# 4/8-bit mixed precision at a 6-bit average is compared with).
-QUANTIZATION_BITS = (4, 6, 8)
+# Bit widths. 4-bit codes are packed two to a byte; 5- to 8-bit codes take a byte each, so a 6-bit
+# student is 6-bit by DQ-Whisper's size rule but 8-bit in real bytes (the uniform control that guided
+# mixed precision at a 6-bit average is compared with).
+QUANTIZATION_BITS = (4, 5, 6, 7, 8)
+BITS_IN_WORDS = "4, 5, 6, 7 or 8"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.bits not in (*QUANTIZATION_BITS, 16):
-            raise ValueError(f"bits must be 4, 6, 8 or 16, not {self.bits}")
+            raise ValueError(f"bits must be {BITS_IN_WORDS} or 16, not {self.bits}")
         if self.granularity not in ("per-tensor", "per-channel", "per-group"):
             raise ValueError(
                 f"granularity must be per-tensor, per-channel or per-group, not {self.granularity}"

@@ -4,7 +4,7 @@
 2. encoder outputs cached once (the teacher's; the student's too when its encoder differs);
 3. labels: gold, or the teacher's greedy pseudo-labels filtered by WER (threshold per language);
 4. the student: shrunk teacher (maximally spaced decoder layers) or a smaller pretrained Whisper;
-5. guided precision (if asked): per-Linear sensitivity at 4/8 bits, bits chosen under the budget;
+5. guided precision (if asked): per-Linear sensitivity at each allowed width, bits chosen under the budget;
 6. training (decoder only, encoder frozen) with the loss preset, fake quantization for QAD/guided;
 7. export (float16 or low-bit codes) and publishing with the full recipe; a quick dev CER.
 """
@@ -191,10 +191,10 @@ def run_distillation(
     if plan.guided_average_bits is not None:  # on whole batches: every process must choose the same bits
         calibration = [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))]
         sens = measure_sensitivity(
-            plan.guided_measure, model, calibration, (4, 8), plan.granularity, plan.group_size
+            plan.guided_measure, model, calibration, plan.guided_choices, plan.granularity, plan.group_size
         )
         sizes = linear_sizes(model)
-        bits = choose_bits(sens, sizes, plan.guided_average_bits, (4, 8))
+        bits = choose_bits(sens, sizes, plan.guided_average_bits, plan.guided_choices)
         specs = {name: quant_spec(plan, bits[name]) for name in bits}
         achieved = sum(sizes[name] * bits[name] for name in bits) / sum(sizes.values())
         report["guided"] = {

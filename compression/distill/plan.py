@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from compression.distill.fake_quant import QUANTIZATION_BITS, Granularity
+from compression.distill.fake_quant import BITS_IN_WORDS, QUANTIZATION_BITS, Granularity
 from compression.distill.guided import SENSITIVITY_MEASURES, SensitivityMeasure
 from compression.distill.objective import Matching
 
@@ -35,7 +35,8 @@ class DistillPlan:
     # decoder: the decoder layers' Linears only; model: also the frozen encoder Linears and the output
     # projection (= the token embedding), post-training quantized before the student's encoder cache
     quantize_scope: QuantizeScope = "decoder"
-    guided_average_bits: float | None = None  # guided mixed precision (4/8 bits) at this average
+    guided_average_bits: float | None = None  # guided mixed precision at this average bits per weight
+    guided_choices: tuple[int, ...] = (4, 8)  # the bit widths guided chooses from for each Linear
     guided_measure: SensitivityMeasure = "linear-output"  # how guided measures sensitivity (guided.py)
     train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
     steps: int = 200
@@ -51,7 +52,10 @@ class DistillPlan:
             raise ValueError("choose one of --qad-bits, --ptq-bits and --guided-bits")
         for bits in (self.qad_bits, self.ptq_bits):
             if bits is not None and bits not in QUANTIZATION_BITS:
-                raise ValueError(f"quantization bits must be 4, 6 or 8, not {bits}")
+                raise ValueError(f"quantization bits must be {BITS_IN_WORDS}, not {bits}")
+        if not self.guided_choices or any(bits not in QUANTIZATION_BITS for bits in self.guided_choices):
+            raise ValueError(f"guided choices must be among {BITS_IN_WORDS}, not {self.guided_choices}")
+        object.__setattr__(self, "guided_choices", tuple(sorted(set(self.guided_choices))))
         if self.guided_measure not in SENSITIVITY_MEASURES:
             raise ValueError(
                 f"guided measure must be one of {', '.join(SENSITIVITY_MEASURES)}, not {self.guided_measure!r}"
