@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,13 @@ from typer.testing import CliRunner
 
 from compression.data.audio_io import write_flac
 from compression.data.corpus import Record, write_index
-from compression.distill.cli import distill_command
+from compression.distill.cli import distill_command, quick_eval_command
 from compression.distill.pipeline import quick_eval_variant, run_distillation
 from compression.distill.plan import DistillPlan
+from compression.distill.quick_eval import ALL_LANGUAGES, compare_quick
 from model_store.backends.quantized_loading import weights_format
 from model_store.opener import open_variant
+from model_store.scoring import score_utterance
 from model_store.settings import HushSettings, RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions
@@ -166,3 +169,48 @@ def test_distill_command_names_a_bad_option_or_a_missing_corpus_without_a_traceb
     no_corpus = runner.invoke(app, base)
     assert no_corpus.exit_code == 2 and "run `hush data build` first" in no_corpus.output
     assert not isinstance(no_corpus.exception, FileNotFoundError)  # reported, not raised
+
+
+def test_quick_comparison_pairs_utterances_per_language_and_pooled() -> None:
+    truth = {
+        "en-1": ("en", "one two three four"),
+        "en-2": ("en", "five six seven"),
+        "cs-1": ("cs", "dobry den"),
+    }
+    reference = [
+        score_utterance(key, language, text, "wrong words here") for key, (language, text) in truth.items()
+    ]
+    variant = [score_utterance(key, language, text, text) for key, (language, text) in truth.items()]
+    variant.append(score_utterance("cs-9", "cs", "ahoj", "ahoj"))  # not in the reference: left out
+    compared = compare_quick([s for s in reference if s], [s for s in variant if s], resamples=200)
+    assert set(compared) == {"cs", "en", ALL_LANGUAGES}
+    assert (compared["en"].utterances, compared["cs"].utterances, compared[ALL_LANGUAGES].utterances) == (
+        2,
+        1,
+        3,
+    )
+    pooled = compared[ALL_LANGUAGES]
+    assert pooled.variant_cer == 0.0 and pooled.reference_cer > 0.5
+    assert pooled.difference == -pooled.reference_cer and pooled.high < 0 and pooled.verdict == "better"
+    same = compare_quick([s for s in reference if s], [s for s in reference if s], resamples=200)
+    assert all(row.difference == 0 and row.verdict == "not significant" for row in same.values())
+
+
+def test_quick_eval_command_compares_against_a_reference(
+    setup: tuple[HushSettings, ModelStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, _ = setup
+    monkeypatch.setenv("HUSH_HOME", str(settings.home))
+    monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
+    monkeypatch.setenv("HUSH_EVAL__CORPUS", str(settings.eval.corpus))
+    app = typer.Typer()
+    app.command("quick-eval")(quick_eval_command)
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(
+        app, ["quick-eval", "teacher", "--against", "teacher", "--languages", "en,cs", "--split", "test"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["against"] == "teacher" and set(report["teacher"]) == {"cs", "en"}
+    pooled = report["difference"][ALL_LANGUAGES]
+    assert pooled["utterances"] == 4 and pooled["difference"] == 0 and pooled["verdict"] == "not significant"

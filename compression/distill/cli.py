@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -149,19 +150,41 @@ def quick_eval_command(
     split: Annotated[
         str, typer.Option(help="dev (default), or test for final figures only (never to tune on).")
     ] = "dev",
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="A reference variant: also prints VARIANT - REFERENCE CER per language and pooled, "
+            "paired on the same utterances, with 95% bootstrap intervals."
+        ),
+    ] = None,
 ) -> None:
     """CER/WER per language of a split from cached encoder outputs (greedy, no timestamps)."""
     if split not in ("dev", "test"):
         raise typer.BadParameter(f"--split must be dev or test, not {split!r}")
     import torch
 
-    from compression.distill.pipeline import quick_eval_variant
+    from compression.distill.pipeline import variant_quick_scores
+    from compression.distill.quick_eval import compare_quick, summarize_quick
     from model_store.settings import HushSettings
     from model_store.store import ModelStore
 
     settings = HushSettings()
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
+    store = ModelStore(settings.store.root)
     wanted = tuple(language.strip() for language in languages.split(",") if language.strip())
-    scores = quick_eval_variant(settings, ModelStore(settings.store.root), variant, wanted, split=split)
-    typer.echo(json.dumps(scores, indent=2))
+    scores = variant_quick_scores(settings, store, variant, wanted, split=split)
+    report: dict[str, object] = {
+        language: asdict(score) for language, score in summarize_quick(scores).items()
+    }
+    if against is not None:
+        reference = variant_quick_scores(settings, store, against, wanted, split=split)
+        report = {
+            variant: report,
+            "against": against,
+            "difference": {
+                language: asdict(comparison)
+                for language, comparison in compare_quick(reference, scores).items()
+            },
+        }
+    typer.echo(json.dumps(report, indent=2))

@@ -36,7 +36,7 @@ from compression.distill.losses import FeatureAdapter
 from compression.distill.objective import DistillObjective, loss_config
 from compression.distill.plan import DistillPlan
 from compression.distill.pseudo_labels import filter_labels, label_file, pseudo_label
-from compression.distill.quick_eval import quick_eval
+from compression.distill.quick_eval import quick_scores, summarize_quick
 from compression.distill.students import Student, pretrained_student, shrink_student
 from compression.distill.teacher_memo import TeacherMemo
 from compression.quantize.parent import Parent
@@ -47,6 +47,7 @@ from compression.training.loop import TrainingOptions, train
 from compression.training.selection import select_utterances
 from model_store.backends.quantized_loading import load_model
 from model_store.manifest import Manifest, Recipe, size_tier_for
+from model_store.scoring import UtteranceScore
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
 from model_store.whisper_tokens import special_tokens
@@ -257,12 +258,14 @@ def run_distillation(
     manifest = _publish(store, plan, parent, model, {**frozen_specs, **specs}, report)
     if plan.eval_dev:
         published = load_model(manifest, store.path(manifest.id), torch.device("cpu"), torch.float32)
-        scores = quick_eval(
-            CachedGreedyDecoder(published, tokenizer, tokens, generation),
-            student_cache,
-            corpus.id,
-            dev_set,
-            progress=progress,
+        scores = summarize_quick(
+            quick_scores(
+                CachedGreedyDecoder(published, tokenizer, tokens, generation),
+                student_cache,
+                corpus.id,
+                dev_set,
+                progress=progress,
+            )
         )
         report["quick_dev"] = {language: asdict(score) for language, score in scores.items()}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
@@ -338,6 +341,20 @@ def quick_eval_variant(
 ) -> dict[str, Any]:
     """Quick CER of any transformers variant of the store on a split (dev by default; test only to
     report final figures, never to choose), from cached encoder outputs."""
+    scores = variant_quick_scores(settings, store, variant_id, languages, split=split, progress=progress)
+    return {language: asdict(score) for language, score in summarize_quick(scores).items()}
+
+
+def variant_quick_scores(
+    settings: HushSettings,
+    store: ModelStore,
+    variant_id: str,
+    languages: tuple[str, ...],
+    *,
+    split: str = "dev",
+    progress: bool = True,
+) -> list[UtteranceScore]:
+    """Each utterance's score behind :func:`quick_eval_variant`."""
     corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
     manifest = store.verify(variant_id)
     directory = store.path(variant_id)
@@ -349,5 +366,4 @@ def quick_eval_variant(
     cache = EncoderCache(settings.cache_dir / "encoder", model.model.encoder)
     cache.fill(corpus.id, utterances, progress=progress)
     decoder = CachedGreedyDecoder(model, tokenizer, tokens, generation)
-    scores = quick_eval(decoder, cache, corpus.id, utterances, progress=progress)
-    return {language: asdict(score) for language, score in scores.items()}
+    return quick_scores(decoder, cache, corpus.id, utterances, progress=progress)
