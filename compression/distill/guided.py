@@ -90,10 +90,12 @@ def output_sensitivity(
 ) -> Sensitivity:
     """Mean KL divergence per target token of the model's next-token distribution, float against each
     decoder Linear alone quantized at each of ``bits``. The weights are restored after each Linear."""
-    references = [
-        torch.log_softmax(logits_of(model, batch.encoder_hidden, batch.decoder_input_ids).double(), dim=-1)
-        for batch in batches
-    ]
+
+    def target_log_probs(batch: Batch) -> torch.Tensor:  # (target tokens, vocab): padding never enters
+        logits = logits_of(model, batch.encoder_hidden, batch.decoder_input_ids)[batch.mask]
+        return torch.log_softmax(logits.double(), dim=-1)
+
+    references = [target_log_probs(batch) for batch in batches]
     tokens = sum(batch.target_tokens for batch in batches) or 1
     result: Sensitivity = {}
     for name, linear in decoder_linears(model):
@@ -103,9 +105,8 @@ def output_sensitivity(
             linear.weight.data = fake_quantize(original, QuantSpec(b, granularity, group_size))
             divergence = 0.0
             for batch, reference in zip(batches, references, strict=True):
-                logits = logits_of(model, batch.encoder_hidden, batch.decoder_input_ids).double()
-                per_token = (reference.exp() * (reference - torch.log_softmax(logits, dim=-1))).sum(-1)
-                divergence += float(per_token[batch.mask].sum().item())
+                per_token = (reference.exp() * (reference - target_log_probs(batch))).sum(-1)
+                divergence += float(per_token.sum().item())
             result[name][b] = divergence / tokens
         linear.weight.data = original
     return result
