@@ -15,6 +15,7 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration
 
 from compression.data.corpus import Utterance
+from compression.distill.cached_decoding import CachedGreedyDecoder
 from compression.experts.data import Example, language_batches
 from compression.experts.job import ExpertsJob, run_experts_job
 from compression.experts.losses import IGNORE_INDEX, gate_budget, js_divergence
@@ -30,6 +31,7 @@ from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions
+from model_store.whisper_tokens import special_tokens
 from tests.conftest import sine
 from tests.factories import publish_tiny_variant, tiny_random_whisper
 from tests.test_eval import make_corpus
@@ -263,3 +265,32 @@ def test_experts_variant_end_to_end(tmp_path: Path) -> None:
     assert (
         detected.language_probability is not None and detected.language in detected.all_language_probabilities
     )
+
+
+def test_cached_decoding_runs_each_languages_experts_or_the_shared_branch() -> None:
+    """quick-eval of an experts variant: the utterance's language picks its experts, as in serving."""
+    imported = tiny_random_whisper(0)
+    model = imported.model.eval()
+    tokens = special_tokens(imported.tokenizer, multilingual=True)
+    experts = ExpertModel(model, ExpertSpec(kind="lowrank", rank=4, stacks=("decoder",)), ExpertControl())
+    experts.add_language("fr")
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # experts far from the shared branch, gates open on about half the tokens
+        for parameter in experts.expert_parameters("fr"):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    hidden = model.model.encoder(torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0)))[0][0]
+    routed = CachedGreedyDecoder(model, imported.tokenizer, tokens, imported.generation, experts=experts)
+    plain = CachedGreedyDecoder(model, imported.tokenizer, tokens, imported.generation)
+    english = routed.token_ids(hidden, "en")
+    assert experts.control.tokens_seen == 0  # no English experts: the shared branch alone
+    assert english == plain.token_ids(hidden, "en")
+    french = routed.token_ids(hidden, "fr")
+    assert experts.control.tokens_seen > 0
+    with experts.control.use("fr"):
+        assert french == plain.token_ids(hidden, "fr")
+    assert french != plain.token_ids(hidden, "fr")  # the experts changed what was decoded
+    in_encoder = ExpertModel(
+        tiny_model(), ExpertSpec(kind="lowrank", rank=2, stacks=("encoder",)), ExpertControl()
+    )
+    with pytest.raises(ValueError, match="hush eval"):
+        CachedGreedyDecoder(model, imported.tokenizer, tokens, imported.generation, experts=in_encoder)

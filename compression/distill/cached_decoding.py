@@ -10,9 +10,12 @@ timestamps, temperature 0, so the text is what ``hush eval`` would produce for a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 
+from model_store.backends.experts.attach import ExpertModel
 from model_store.backends.transformers_backend import TransformersWindowDecoder
 from model_store.transcription import TranscribeOptions
 from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
@@ -23,7 +26,9 @@ REPETITION_LIMIT = TranscribeOptions().compression_ratio_threshold
 
 
 class CachedGreedyDecoder:
-    """Greedy text of a model from a cached ``(frames, d_model)`` encoder output."""
+    """Greedy text of a model from a cached ``(frames, d_model)`` encoder output. With ``experts``
+    (decoder experts attached to ``model``), each utterance runs its language's experts, or the shared
+    branch alone for a language without any, as the serving :class:`ExpertsTranscriber` does."""
 
     def __init__(
         self,
@@ -32,7 +37,11 @@ class CachedGreedyDecoder:
         tokens: SpecialTokens,
         generation: GenerationConfig,
         device: torch.device | None = None,
+        experts: ExpertModel | None = None,
     ) -> None:
+        if experts is not None and "encoder" in experts.spec.stacks:
+            raise ValueError("encoder experts change the encoder's outputs per language: use `hush eval`")
+        self.experts = experts
         self.tokens = tokens
         self.device = device or torch.device("cpu")
         dtype = next(model.parameters()).dtype
@@ -49,14 +58,21 @@ class CachedGreedyDecoder:
 
     def token_ids(self, hidden: torch.Tensor, language: str) -> list[int]:
         encoded = hidden.unsqueeze(0).to(self.device, self._dtype)
-        tokens, _, _ = self._decoder.decode(
-            encoded,
-            self.prompt(language),
-            temperature=0.0,
-            max_new_tokens=MAX_NEW_TOKENS,
-            with_timestamps=False,
-            repetition_limit=REPETITION_LIMIT,
+        experts = self.experts
+        routed = (
+            nullcontext()
+            if experts is None
+            else experts.control.use(language if language in experts.languages else None)
         )
+        with routed:
+            tokens, _, _ = self._decoder.decode(
+                encoded,
+                self.prompt(language),
+                temperature=0.0,
+                max_new_tokens=MAX_NEW_TOKENS,
+                with_timestamps=False,
+                repetition_limit=REPETITION_LIMIT,
+            )
         return tokens
 
     def text(self, hidden: torch.Tensor, language: str) -> str:

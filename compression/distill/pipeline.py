@@ -45,6 +45,8 @@ from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
 from compression.training.loop import TrainingOptions, train
 from compression.training.selection import select_utterances
+from model_store.backends.experts import METHOD as EXPERTS_METHOD
+from model_store.backends.experts.storage import load_experts
 from model_store.backends.quantized_loading import load_model
 from model_store.manifest import Manifest, Recipe, size_tier_for
 from model_store.scoring import UtteranceScore
@@ -362,8 +364,9 @@ def variant_quick_scores(
     tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
     generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
     tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
+    experts = load_experts(model, directory) if manifest.recipe.method == EXPERTS_METHOD else None
+    decoder = CachedGreedyDecoder(model, tokenizer, tokens, generation, experts=experts)
     utterances = select_utterances(corpus, split, languages, None)
     cache = EncoderCache(settings.cache_dir / "encoder", model.model.encoder)
     cache.fill(corpus.id, utterances, progress=progress)
-    decoder = CachedGreedyDecoder(model, tokenizer, tokens, generation)
     return quick_scores(decoder, cache, corpus.id, utterances, progress=progress)
