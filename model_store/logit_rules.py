@@ -47,13 +47,17 @@ class LogitRules:
 
     def apply_rows(self, logits: torch.Tensor, sampled: Sequence[list[int]]) -> torch.Tensor:
         """Mask each row of ``logits`` (rows, vocab) in place for the position after that row's
-        ``sampled`` tokens; returns it. Nothing here waits for the device: the per-row decisions are
-        read from the token lists, and the forced-timestamp test is a masked fill over all rows."""
+        ``sampled`` tokens; returns it. Nothing here waits for the device, and the number of device
+        operations does not grow with the rows (a GPU step pays per launch): each row's grammar is read
+        from its token list into four numbers (:meth:`_grammar_masks`), copied once and applied as
+        masked fills over all rows, and the forced-timestamp test is a masked fill too."""
         negative = -float("inf")
-        logits[:, _indices(self.suppress, logits.device)] = negative
-        for row, tokens in enumerate(sampled):
-            if not tokens:
-                logits[row, _indices(self.begin_suppress, logits.device)] = negative
+        device = logits.device
+        logits[:, _indices(self.suppress, device)] = negative
+        starting = [row for row, tokens in enumerate(sampled) if not tokens]
+        if starting:
+            rows = torch.tensor(starting, device=device).unsqueeze(1)  # the first step only
+            logits[rows, _indices(self.begin_suppress, device)] = negative
         if self.with_timestamps:
             self._timestamp_rules(logits, sampled)
         return logits
@@ -62,33 +66,54 @@ class LogitRules:
         negative = -float("inf")
         begin = self.tokens.timestamp_begin
         eot = self.tokens.eot
-        for row, tokens in enumerate(sampled):
-            last_was_timestamp = len(tokens) >= 1 and tokens[-1] >= begin
-            penultimate_was_timestamp = len(tokens) < 2 or tokens[-2] >= begin
-            if last_was_timestamp:
-                if penultimate_was_timestamp:  # a pair just closed: text must follow
-                    logits[row, begin:] = negative
-                else:  # an opening timestamp: a closing one (or the end) must follow
-                    logits[row, :eot] = negative
-            timestamps = [token for token in tokens if token >= begin]
-            if timestamps:
-                floor = (
-                    timestamps[-1]
-                    if last_was_timestamp and not penultimate_was_timestamp
-                    else timestamps[-1] + 1
-                )
-                logits[row, begin:floor] = negative
-            if not tokens:
-                logits[row, :begin] = negative
-                if self.max_initial_timestamp_index is not None:
-                    logits[row, begin + self.max_initial_timestamp_index + 1 :] = negative
+        device = logits.device
+        masks = torch.tensor(self._grammar_masks(sampled, logits.shape[-1] - begin)).to(device)
+        logits[:, :eot].masked_fill_(masks[:, 0:1].bool(), negative)
+        logits[:, eot:begin].masked_fill_(masks[:, 1:2].bool(), negative)
+        offsets = _columns(logits.shape[-1] - begin, device)
+        logits[:, begin:].masked_fill_((offsets < masks[:, 2:3]) | (offsets >= masks[:, 3:4]), negative)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         timestamp_mass = torch.logsumexp(log_probs[:, begin:], dim=-1)
         best_text = log_probs[:, :begin].max(dim=-1).values
         logits[:, :begin].masked_fill_((timestamp_mass > best_text).unsqueeze(1), negative)
+
+    def _grammar_masks(
+        self, sampled: Sequence[list[int]], timestamps: int
+    ) -> list[tuple[int, int, int, int]]:
+        """Per row, what the timestamp grammar forbids next, as four numbers: mask the text tokens
+        (below the end token), mask the special tokens between the end and the first timestamp, mask the
+        timestamps before offset ``a`` (counted from the first timestamp token), and those from offset
+        ``b`` on.
+
+        After a closed pair (or a lone first timestamp) text must follow; after an opening timestamp a
+        closing one or the end; timestamps never decrease; the first token is a timestamp no later than
+        ``max_initial_timestamp_index``.
+        """
+        begin = self.tokens.timestamp_begin
+        rows: list[tuple[int, int, int, int]] = []
+        for tokens in sampled:
+            if not tokens:
+                latest = self.max_initial_timestamp_index
+                rows.append((1, 1, 0, timestamps if latest is None else latest + 1))
+                continue
+            last_was_timestamp = tokens[-1] >= begin
+            penultimate_was_timestamp = len(tokens) < 2 or tokens[-2] >= begin
+            opening = last_was_timestamp and not penultimate_was_timestamp
+            last_timestamp = next((token for token in reversed(tokens) if token >= begin), None)
+            before = 0 if last_timestamp is None else last_timestamp - begin + (0 if opening else 1)
+            if last_was_timestamp and penultimate_was_timestamp:  # a pair just closed: text must follow
+                before = timestamps
+            rows.append((int(opening), 0, before, timestamps))
+        return rows
 
 
 @functools.cache
 def _indices(tokens: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``tokens`` as an index tensor on ``device``, made once (not copied to the device at every step)."""
     return torch.tensor(tokens, dtype=torch.long, device=device)
+
+
+@functools.cache
+def _columns(count: int, device: torch.device) -> torch.Tensor:
+    """``0 .. count-1`` on ``device``, made once."""
+    return torch.arange(count, device=device)
