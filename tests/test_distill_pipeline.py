@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from compression.data.audio_io import write_flac
 from compression.data.corpus import Record, write_index
 from compression.distill.cli import distill_command, quick_eval_command
-from compression.distill.pipeline import quick_eval_variant, run_distillation
+from compression.distill.pipeline import run_distillation, variant_quick_scores
 from compression.distill.plan import DistillPlan
-from compression.distill.quick_eval import ALL_LANGUAGES, compare_quick
+from compression.distill.quick_eval import ALL_LANGUAGES, compare_quick, summarize_quick
 from model_store.backends.quantized_loading import weights_format
 from model_store.opener import open_variant
 from model_store.scoring import score_utterance
@@ -144,10 +144,12 @@ def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStor
 
 def test_quick_eval_reads_the_split_it_is_given(setup: tuple[HushSettings, ModelStore]) -> None:
     settings, store = setup
-    dev = quick_eval_variant(settings, store, "teacher", ("en", "cs"), progress=False)
-    test = quick_eval_variant(settings, store, "teacher", ("en", "cs"), split="test", progress=False)
-    assert {language: score["utterances"] for language, score in dev.items()} == {"en": 1, "cs": 1}
-    assert {language: score["utterances"] for language, score in test.items()} == {"en": 2, "cs": 2}
+    dev = summarize_quick(variant_quick_scores(settings, store, "teacher", ("en", "cs"), progress=False))
+    test = summarize_quick(
+        variant_quick_scores(settings, store, "teacher", ("en", "cs"), split="test", progress=False)
+    )
+    assert {language: score.utterances for language, score in dev.items()} == {"en": 1, "cs": 1}
+    assert {language: score.utterances for language, score in test.items()} == {"en": 2, "cs": 2}
 
 
 def test_distill_command_names_a_bad_option_or_a_missing_corpus_without_a_traceback(

@@ -332,21 +332,6 @@ def _newest_corpus(settings: HushSettings) -> Corpus:
     return Corpus.open(found)
 
 
-def quick_eval_variant(
-    settings: HushSettings,
-    store: ModelStore,
-    variant_id: str,
-    languages: tuple[str, ...],
-    *,
-    split: str = "dev",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Quick CER of any transformers variant of the store on a split (dev by default; test only to
-    report final figures, never to choose), from cached encoder outputs."""
-    scores = variant_quick_scores(settings, store, variant_id, languages, split=split, progress=progress)
-    return {language: asdict(score) for language, score in summarize_quick(scores).items()}
-
-
 def variant_quick_scores(
     settings: HushSettings,
     store: ModelStore,
@@ -356,7 +341,9 @@ def variant_quick_scores(
     split: str = "dev",
     progress: bool = True,
 ) -> list[UtteranceScore]:
-    """Each utterance's score behind :func:`quick_eval_variant`."""
+    """Each utterance's score on a split (dev by default; test only to report final figures, never
+    to choose) by any transformers variant of the store, experts variants included, greedy from cached
+    encoder outputs; :func:`~compression.distill.quick_eval.summarize_quick` gives CER per language."""
     corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
     manifest = store.verify(variant_id)
     directory = store.path(variant_id)
