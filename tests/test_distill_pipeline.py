@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -16,7 +17,9 @@ from compression.distill.cli import distill_command, quick_eval_command
 from compression.distill.pipeline import run_distillation, variant_quick_scores
 from compression.distill.plan import DistillPlan
 from compression.distill.quick_eval import ALL_LANGUAGES, compare_quick, summarize_quick
-from model_store.backends.quantized_loading import weights_format
+from compression.distill.students import IncompatibleStudentError
+from compression.quantize.methods import quantize_variant
+from model_store.backends.quantized_loading import load_model, weights_format
 from model_store.opener import open_variant
 from model_store.scoring import score_utterance
 from model_store.settings import HushSettings, RuntimeSettings
@@ -216,3 +219,25 @@ def test_quick_eval_command_compares_against_a_reference(
     assert report["against"] == "teacher" and set(report["teacher"]) == {"cs", "en"}
     pooled = report["difference"][ALL_LANGUAGES]
     assert pooled["utterances"] == 4 and pooled["difference"] == 0 and pooled["verdict"] == "not significant"
+
+
+def test_a_qad_student_trains_on_from_its_low_bit_codes(setup: tuple[HushSettings, ModelStore]) -> None:
+    settings, store = setup
+    common = {"teacher": "teacher", "languages": ("en", "cs"), "labels": "gold", "batch_size": 2}
+    first = DistillPlan(variant_id="stage-one", decoder_layers=1, preset="ce", qad_bits=6, steps=2, **common)  # type: ignore[arg-type]
+    run_distillation(settings, store, first, progress=False)
+    codes = load_model(store.get("stage-one"), store.path("stage-one"), torch.device("cpu"), torch.float32)
+    second = DistillPlan(
+        variant_id="stage-two", student_path="stage-one", preset="ce", qad_bits=6, steps=0, **common
+    )  # type: ignore[arg-type]
+    run_distillation(settings, store, second, progress=False)
+    reloaded = load_model(store.get("stage-two"), store.path("stage-two"), torch.device("cpu"), torch.float32)
+    # no step taken: the first stage's dequantized codes, quantized again at the same bits, give themselves
+    for name, tensor in codes.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    quantize_variant(store, "teacher", "ptq-int8")
+    refused = DistillPlan(
+        variant_id="stage-x", student_path="teacher-ptq-int8", preset="ce", steps=0, **common
+    )  # type: ignore[arg-type]
+    with pytest.raises(IncompatibleStudentError, match="torch-dynamic-int8 weights, which cannot be trained"):
+        run_distillation(settings, store, refused, progress=False)

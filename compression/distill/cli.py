@@ -113,6 +113,7 @@ def distill_command(
         )
     except ValueError as error:  # the plan's own checks: name the problem, no traceback
         raise typer.BadParameter(str(error)) from None
+    from compression.distill.students import IncompatibleStudentError
     from compression.training.checkpoint import PlanMismatchError
     from compression.training.distributed import Ranks
 
@@ -120,7 +121,7 @@ def distill_command(
     ranks.start()
     try:
         outcome = run_distillation(settings, ModelStore(settings.store.root), plan, ranks=ranks)
-    except FileNotFoundError as error:  # no corpus built yet, or a missing student directory
+    except (FileNotFoundError, IncompatibleStudentError) as error:  # no corpus yet; a student it can't use
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     except PlanMismatchError as error:

@@ -37,7 +37,7 @@ from compression.distill.objective import DistillObjective, loss_config
 from compression.distill.plan import DistillPlan
 from compression.distill.pseudo_labels import filter_labels, label_file, pseudo_label
 from compression.distill.quick_eval import quick_scores, summarize_quick
-from compression.distill.students import Student, pretrained_student, shrink_student
+from compression.distill.students import IncompatibleStudentError, Student, pretrained_student, shrink_student
 from compression.distill.teacher_memo import TeacherMemo
 from compression.quantize.parent import Parent
 from compression.training.dataset import CachedBatches, Example
@@ -47,7 +47,7 @@ from compression.training.loop import TrainingOptions, train
 from compression.training.selection import select_utterances
 from model_store.backends.experts import METHOD as EXPERTS_METHOD
 from model_store.backends.experts.storage import load_experts
-from model_store.backends.quantized_loading import load_model
+from model_store.backends.quantized_loading import load_model, weights_format
 from model_store.manifest import Manifest, Recipe, size_tier_for
 from model_store.scoring import UtteranceScore
 from model_store.settings import HushSettings
@@ -74,13 +74,26 @@ def _load_teacher(
 
 def build_student(plan: DistillPlan, teacher: WhisperForConditionalGeneration, store: ModelStore) -> Student:
     if plan.student_path is not None:
-        source = store.path(plan.student_path) if store.exists(plan.student_path) else Path(plan.student_path)
-        model = WhisperForConditionalGeneration.from_pretrained(
-            source, torch_dtype=torch.float32, local_files_only=True
-        )
-        return pretrained_student(teacher, model)
+        return pretrained_student(teacher, trainable_model(store, plan.student_path))
     layers = plan.decoder_layers or teacher.config.decoder_layers
     return shrink_student(teacher, layers, plan.encoder_layers)
+
+
+def trainable_model(store: ModelStore, name: str) -> WhisperForConditionalGeneration:
+    """A float32 model to train from ``name``: a variant of the store stored as a transformers
+    checkpoint or as low-bit codes (dequantized: another QAD run can continue from a QAD student), or a
+    transformers directory."""
+    if not store.exists(name):
+        return WhisperForConditionalGeneration.from_pretrained(
+            Path(name), torch_dtype=torch.float32, local_files_only=True
+        )
+    manifest = store.get(name)
+    storage = weights_format(manifest)
+    if storage not in ("transformers", "hush-lowbit"):
+        raise IncompatibleStudentError(
+            f"variant {name!r} stores {storage} weights, which cannot be trained further"
+        )
+    return load_model(manifest, store.path(name), torch.device("cpu"), torch.float32)
 
 
 def quant_spec(plan: DistillPlan, bits: int) -> QuantSpec:
