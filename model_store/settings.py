@@ -117,7 +117,11 @@ class HushSettings(BaseSettings):
     """hush's settings. Each field can be set as ``HUSH_<SECTION>__<FIELD>``, e.g. ``HUSH_STORE__ROOT``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HUSH_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+        env_prefix="HUSH_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        env_ignore_empty=True,  # HUSH_X= (an empty line in an env file) means: the default
     )
 
     home: Path = Field(Path(".hush"), description="Working directory for caches, corpora and runs.")

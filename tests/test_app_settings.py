@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from app import cli as app_cli
 from app.settings import MIB, ServerSettings
+from model_store.settings import RuntimeSettings
 
 
 def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,6 +27,10 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [key.get_secret_value() for key in settings.server.api_keys] == ["k1", "k2"]
     assert "k1" not in repr(settings)  # keys stay out of logs
     assert str(settings.store.root) == "/srv/store"
+    monkeypatch.setenv("HUSH_RUNTIME__THREADS", "")  # an empty variable (or env-file line) is not set
+    monkeypatch.setenv("HUSH_SERVER__HOST", "")
+    settings = ServerSettings()
+    assert settings.runtime.threads == RuntimeSettings().threads and settings.server.host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
