@@ -273,6 +273,54 @@ def paired_difference_ci(
     return PairedDifference(estimate, low, high)
 
 
+@dataclass(frozen=True)
+class LanguageComparison:
+    """CER of variants a and b on the utterances of one language that both scored, and b - a."""
+
+    language: str
+    utterances: int
+    cer_a: float
+    cer_b: float
+    difference: PairedDifference
+
+
+def compare_by_language(
+    scores_a: Sequence[UtteranceScore],
+    scores_b: Sequence[UtteranceScore],
+    *,
+    resamples: int = 1000,
+    pooled: str | None = None,
+) -> list[LanguageComparison]:
+    """Per language (in code order) of the utterances both a and b scored: each one's CER and the paired
+    bootstrap interval of b - a; with ``pooled``, a last row under that name holds every language."""
+    by_id_b = {score.utterance_id: score for score in scores_b}
+    pairs = [(score, by_id_b[score.utterance_id]) for score in scores_a if score.utterance_id in by_id_b]
+    groups = {
+        language: [pair for pair in pairs if pair[0].language == language]
+        for language in sorted({a.language for a, _ in pairs})
+    }
+    if pooled is not None:
+        groups[pooled] = pairs
+    comparisons = []
+    for language, group in groups.items():
+        a = [score_a for score_a, _ in group]
+        b = [score_b for _, score_b in group]
+        comparisons.append(
+            LanguageComparison(
+                language,
+                len(group),
+                _pooled(a, "cer").rate,
+                _pooled(b, "cer").rate,
+                paired_difference_ci(a, b, metric="cer", resamples=resamples),
+            )
+        )
+    return comparisons
+
+
+def _pooled(scores: Sequence[UtteranceScore], metric: Metric) -> ErrorCounts:
+    return sum((score.counts(metric) for score in scores), ErrorCounts.zero())
+
+
 def verdict(low: float, high: float) -> Verdict:
     """Judge an interval of b - a in an error rate: below zero throughout means b makes fewer errors."""
     if high < 0:

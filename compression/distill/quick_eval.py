@@ -16,7 +16,7 @@ from tqdm import tqdm
 from compression.data.corpus import Utterance
 from compression.distill.cached_decoding import CachedGreedyDecoder
 from compression.training.encoder_cache import EncoderCache
-from model_store.scoring import ErrorCounts, UtteranceScore, paired_difference_ci, score_utterance, summarize
+from model_store.scoring import UtteranceScore, compare_by_language, score_utterance, summarize
 
 ALL_LANGUAGES = "all"  # the pooled row of a comparison: every compared utterance together
 
@@ -73,29 +73,15 @@ def compare_quick(
 ) -> dict[str, QuickComparison]:
     """Per language and pooled over all (:data:`ALL_LANGUAGES`): variant against reference on the
     utterances both scored, with paired bootstrap intervals of the CER difference."""
-    by_id = {score.utterance_id: score for score in reference}
-    pairs = [(by_id[score.utterance_id], score) for score in variant if score.utterance_id in by_id]
-    groups = {
-        language: [pair for pair in pairs if pair[0].language == language]
-        for language in sorted({a.language for a, _ in pairs})
-    }
-    groups[ALL_LANGUAGES] = pairs
-    result = {}
-    for language, group in groups.items():
-        ours = [b for _, b in group]
-        theirs = [a for a, _ in group]
-        difference = paired_difference_ci(theirs, ours, metric="cer", resamples=resamples)
-        result[language] = QuickComparison(
-            utterances=len(group),
-            reference_cer=round(_pooled_cer(theirs), 4),
-            variant_cer=round(_pooled_cer(ours), 4),
-            difference=round(difference.estimate, 4),
-            low=round(difference.low, 4),
-            high=round(difference.high, 4),
-            verdict=difference.verdict,
+    return {
+        row.language: QuickComparison(
+            utterances=row.utterances,
+            reference_cer=round(row.cer_a, 4),
+            variant_cer=round(row.cer_b, 4),
+            difference=round(row.difference.estimate, 4),
+            low=round(row.difference.low, 4),
+            high=round(row.difference.high, 4),
+            verdict=row.difference.verdict,
         )
-    return result
-
-
-def _pooled_cer(scores: Sequence[UtteranceScore]) -> float:
-    return sum((score.chars for score in scores), ErrorCounts.zero()).rate
+        for row in compare_by_language(reference, variant, resamples=resamples, pooled=ALL_LANGUAGES)
+    }

@@ -15,10 +15,10 @@ from compression.evaluation.hypotheses import Hypothesis, HypothesisLog
 from model_store.manifest import EvalReport, LanguageScore
 from model_store.opener import open_variant
 from model_store.scoring import (
-    PairedDifference,
+    LanguageComparison,
     UtteranceScore,
     bootstrap_ci,
-    paired_difference_ci,
+    compare_by_language,
     score_utterance,
     summarize,
 )
@@ -213,15 +213,6 @@ def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> Eva
     return report.model_copy(update={"languages": {**kept, **report.languages}, "split": split})
 
 
-@dataclass(frozen=True)
-class LanguageComparison:
-    language: str
-    utterances: int
-    cer_a: float
-    cer_b: float
-    difference: PairedDifference
-
-
 def compare_variants(
     store: ModelStore, variant_a: str, variant_b: str, job: EvalJob
 ) -> list[LanguageComparison]:
@@ -238,24 +229,9 @@ def compare_variants(
                 f"{variant} has no {job.split} transcripts for {job.corpus.id}: run `hush eval {variant}`"
             )
     shared = sorted(set(logs[0]) & set(logs[1]))
-    comparisons = []
-    scores_a = {score.utterance_id: score for score in score_hypotheses([logs[0][key] for key in shared])}
-    scores_b = {score.utterance_id: score for score in score_hypotheses([logs[1][key] for key in shared])}
-    languages = sorted({score.language for score in scores_a.values()})
-    if job.languages:
-        languages = [language for language in languages if language in job.languages]
-    for language in languages:
-        ids = [key for key in shared if key in scores_a and scores_a[key].language == language]
-        a = [scores_a[key] for key in ids]
-        b = [scores_b[key] for key in ids]
-        summary_a, summary_b = summarize(a)[language], summarize(b)[language]
-        comparisons.append(
-            LanguageComparison(
-                language,
-                len(ids),
-                summary_a.cer,
-                summary_b.cer,
-                paired_difference_ci(a, b, metric="cer", resamples=job.bootstrap_resamples),
-            )
-        )
-    return comparisons
+    comparisons = compare_by_language(
+        score_hypotheses([logs[0][key] for key in shared]),
+        score_hypotheses([logs[1][key] for key in shared]),
+        resamples=job.bootstrap_resamples,
+    )
+    return [row for row in comparisons if not job.languages or row.language in job.languages]
