@@ -95,7 +95,7 @@ def output_sensitivity(
         logits = logits_of(model, batch.encoder_hidden, batch.decoder_input_ids)[batch.mask]
         return torch.log_softmax(logits.double(), dim=-1)
 
-    references = [target_log_probs(batch) for batch in batches]
+    references = [(log_probs, log_probs.exp()) for log_probs in map(target_log_probs, batches)]  # once
     tokens = sum(batch.target_tokens for batch in batches) or 1
     result: Sensitivity = {}
     for name, linear in decoder_linears(model):
@@ -104,8 +104,8 @@ def output_sensitivity(
         for b in bits:
             linear.weight.data = fake_quantize(original, QuantSpec(b, granularity, group_size))
             divergence = 0.0
-            for batch, reference in zip(batches, references, strict=True):
-                per_token = (reference.exp() * (reference - target_log_probs(batch))).sum(-1)
+            for batch, (reference, probabilities) in zip(batches, references, strict=True):
+                per_token = (probabilities * (reference - target_log_probs(batch))).sum(-1)
                 divergence += float(per_token.sum().item())
             result[name][b] = divergence / tokens
         linear.weight.data = original
