@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from compression.evaluation.cli import find_corpus
+from compression.quantize.calibration import calibration_utterances
 from compression.quantize.methods import METHODS, quantize_variant
+from compression.quantize.smoothed_parent import SmoothingPlan
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
 
@@ -33,11 +37,40 @@ def quantize_command(
             "accuracy cost that `hush eval` measures per language.",
         ),
     ] = None,
+    smooth: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Fold SmoothQuant activation smoothing of this strength (alpha; 0.5 is the paper's "
+            "default) into the parent first, calibrated on the corpus's train split. For methods that "
+            "quantize activations (ptq-int8, ct2-int8...); the default id gains -sqNN.",
+        ),
+    ] = None,
+    calibration_per_language: Annotated[
+        int, typer.Option(min=1, help="Train utterances per corpus language to calibrate smoothing on.")
+    ] = 4,
+    corpus: Annotated[
+        Path | None, typer.Option(help="Corpus directory for calibration (default: the one built).")
+    ] = None,
 ) -> None:
     """Quantize PARENT with METHOD and publish the result as a new variant."""
-    store = ModelStore(HushSettings().store.root)
+    settings = HushSettings()
+    store = ModelStore(settings.store.root)
+    smoothing = None
+    if smooth is not None:
+        utterances = calibration_utterances(
+            find_corpus(settings, corpus), store.verify(parent), calibration_per_language
+        )
+        smoothing = SmoothingPlan(smooth, utterances)
     manifest = quantize_variant(
-        store, parent, method, variant_id, replace=replace, audio_context_seconds=audio_context
+        store,
+        parent,
+        method,
+        variant_id,
+        replace=replace,
+        audio_context_seconds=audio_context,
+        smoothing=smoothing,
     )
     typer.echo(
         f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent}, {manifest.backend} "

@@ -25,6 +25,7 @@ from typing import Any
 from compression.quantize.bnb import write_bnb
 from compression.quantize.half import write_half
 from compression.quantize.parent import Parent
+from compression.quantize.smoothed_parent import SmoothingPlan, smoothed_model
 from compression.quantize.torch_int8 import write_ptq_int8
 from model_store.errors import HushError
 from model_store.manifest import Backend, Device, Manifest, Recipe, size_tier_for
@@ -65,6 +66,7 @@ class QuantizationMethod:
     dtype: str  # the precision the manifest names
     write: Writer  # fills the staging directory; returns the recipe's arguments
     summary: str
+    quantizes_activations: bool = False  # int8 inputs at run time: activation smoothing helps
 
 
 METHODS: dict[str, QuantizationMethod] = {
@@ -77,6 +79,7 @@ METHODS: dict[str, QuantizationMethod] = {
             "int8",
             write_ptq_int8,
             "PyTorch dynamic int8 of every Linear (CPU)",
+            quantizes_activations=True,
         ),
         QuantizationMethod(
             "ct2-int8",
@@ -85,6 +88,7 @@ METHODS: dict[str, QuantizationMethod] = {
             "int8",
             ctranslate2_writer("int8"),
             "CTranslate2 int8 (faster-whisper's engine)",
+            quantizes_activations=True,
         ),
         QuantizationMethod(
             "ct2-int8_float16",
@@ -93,6 +97,7 @@ METHODS: dict[str, QuantizationMethod] = {
             "int8_float16",
             ctranslate2_writer("int8_float16"),
             "CTranslate2 int8 weights with float16 compute (GPU)",
+            quantizes_activations=True,
         ),
         QuantizationMethod(
             "bnb-int8",
@@ -141,11 +146,22 @@ class AudioContextError(HushError, ValueError):
     """A trimmed audio context asked of a method whose backend cannot run it."""
 
 
-def variant_id_for(parent: str, method: str, audio_context_seconds: float | None = None) -> str:
-    """The default id of ``parent`` quantized with ``method``: ``whisper-base-ptq-int8``, and
-    ``whisper-base-ct2-int8-ctx10`` with a 10 s trimmed audio context."""
-    suffix = "" if audio_context_seconds is None else f"-ctx{audio_context_seconds:g}"
-    return f"{parent}-{method}{suffix}"
+class SmoothingError(HushError, ValueError):
+    """Activation smoothing asked of a method that does not quantize activations."""
+
+
+def variant_id_for(
+    parent: str,
+    method: str,
+    audio_context_seconds: float | None = None,
+    smoothing_alpha: float | None = None,
+) -> str:
+    """The default id of ``parent`` quantized with ``method``: ``whisper-base-ptq-int8``,
+    ``whisper-base-ct2-int8-ctx10`` with a 10 s trimmed audio context, ``whisper-base-ptq-int8-sq50``
+    smoothed with alpha 0.5."""
+    smoothed = "" if smoothing_alpha is None else f"-sq{round(smoothing_alpha * 100)}"
+    context = "" if audio_context_seconds is None else f"-ctx{audio_context_seconds:g}"
+    return f"{parent}-{method}{smoothed}{context}"
 
 
 def quantize_variant(
@@ -156,11 +172,15 @@ def quantize_variant(
     *,
     replace: bool = False,
     audio_context_seconds: float | None = None,
+    smoothing: SmoothingPlan | None = None,
+    progress: bool = True,
 ) -> Manifest:
     """Make ``method``'s variant of ``parent_id`` and publish it; returns its manifest.
 
     ``audio_context_seconds`` publishes it with a trimmed audio context (see
-    :func:`model_store.features.encoder_frames`); CTranslate2 methods only.
+    :func:`model_store.features.encoder_frames`); CTranslate2 methods only. ``smoothing`` folds
+    SmoothQuant scales into the parent first (see :mod:`compression.quantize.smoothing`); methods
+    that quantize activations only.
     """
     spec = method_named(method)
     if audio_context_seconds is not None and spec.backend != "ctranslate2":
@@ -168,11 +188,24 @@ def quantize_variant(
             f"a trimmed audio context needs a CTranslate2 method (ct2-...), not {method!r}: "
             "transformers' Whisper encoder takes 30 s windows only"
         )
+    if smoothing is not None and not spec.quantizes_activations:
+        smoothable = ", ".join(name for name, other in METHODS.items() if other.quantizes_activations)
+        raise SmoothingError(
+            f"activation smoothing helps only methods that quantize activations ({smoothable}), not {method!r}"
+        )
     parent = Parent.from_store(store, parent_id)
-    target_id = variant_id or variant_id_for(parent_id, method, audio_context_seconds)
+    alpha = None if smoothing is None else smoothing.alpha
+    target_id = variant_id or variant_id_for(parent_id, method, audio_context_seconds, alpha)
     logger.info("quantizing %s with %s into %s", parent_id, method, target_id)
     with store.publish(target_id, replace=replace) as staging:
-        args = spec.write(parent, staging.directory)
+        smoothing_record = None
+        if smoothing is None:
+            args = spec.write(parent, staging.directory)
+        else:
+            model, smoothing_record = smoothed_model(parent, smoothing, progress=progress)
+            with parent.with_weights(model, staging.directory.parent) as smoothed:
+                del model
+                args = spec.write(smoothed, staging.directory)
         parameters = parent.manifest.parameters
         return staging.commit(
             parent=parent_id,
@@ -182,6 +215,7 @@ def quantize_variant(
                     **args,
                     "parent_weights_sha256": parent.weights_digest(),
                     "audio_context_seconds": audio_context_seconds,
+                    "smoothing": smoothing_record,
                 },
             ),
             backend=spec.backend,

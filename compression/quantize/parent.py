@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,3 +70,14 @@ class Parent:
             if skip_existing and (target / path.name).exists():
                 continue
             shutil.copy2(path, target / path.name)
+
+    @contextmanager
+    def with_weights(self, model: WhisperForConditionalGeneration, scratch_root: Path) -> Iterator[Parent]:
+        """This parent with ``model``'s weights (say, smoothed) in place of its own: a checkpoint saved
+        (in ``model``'s precision) in a scratch directory under ``scratch_root``, removed on exit, with this parent's
+        manifest (so lineage names the stored parent) and its tokenizer and processor files."""
+        with tempfile.TemporaryDirectory(dir=scratch_root, prefix=".parent-") as scratch:
+            directory = Path(scratch)
+            model.save_pretrained(directory)
+            self.copy_assets(directory)  # keeps the config and generation config just saved
+            yield Parent(self.manifest, directory)
