@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from torch.ao.nn.quantized import dynamic as quantized_dynamic
 
 from compression.importers.ct2_format import read_ct2_model
 from compression.quantize.ct2_export import export_ctranslate2
@@ -27,7 +28,7 @@ from compression.quantize.methods import (
 )
 from compression.quantize.parent import Parent, UnsupportedParentError
 from model_store.backends.ctranslate2_backend import CTranslate2Transcriber, max_length_for
-from model_store.backends.int8_dynamic import INT8_WEIGHTS_FILENAME
+from model_store.backends.int8_dynamic import INT8_WEIGHTS_FILENAME, load_int8
 from model_store.backends.transformers_backend import TransformersTranscriber
 from model_store.errors import BackendUnavailableError
 from model_store.features import log_mel_spectrogram, window
@@ -114,7 +115,7 @@ def test_cpu_method_publishes_a_variant_that_transcribes(
 
 def test_default_ids_and_unknown_methods(store: ModelStore) -> None:
     assert variant_id_for("whisper-base", "ct2-int8") == "whisper-base-ct2-int8"
-    with pytest.raises(UnknownMethodError, match="choose one of: ptq-int8, ct2-int8"):
+    with pytest.raises(UnknownMethodError, match="choose one of: ptq-int8, ptq-int8-keep-fc2, ct2-int8"):
         quantize_variant(store, PARENT, "int3")
 
 
@@ -241,6 +242,23 @@ def test_int8_variants_are_smaller_than_their_float16_parent(
     assert weights[model_file] < 0.6 * parent["model.safetensors"]
 
 
+def test_keep_fc2_stores_and_runs_the_ffn_output_layers_in_float(
+    store: ModelStore, variant: Callable[[str], Manifest]
+) -> None:
+    manifest = variant("ptq-int8-keep-fc2")
+    directory = store.path(manifest.id)
+    with safe_open(str(directory / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
+        dtypes = {key: tensors.get_slice(key).get_dtype() for key in tensors.keys()}  # noqa: SIM118
+    fc2 = [key for key in dtypes if key.endswith(".fc2.weight")]
+    assert len(fc2) == 4 and all(dtypes[key] == "F16" for key in fc2)  # 2 encoder + 2 decoder layers
+    assert not any(key.endswith(".fc2.weight_scale") for key in dtypes)
+    assert dtypes["model.encoder.layers.0.fc1.weight"] == "I8"
+    assert sorted(manifest.recipe.args["float_linears"]) == sorted(key.removesuffix(".weight") for key in fc2)
+    model = load_int8(directory)
+    assert type(model.get_submodule("model.decoder.layers.1.fc2")) is torch.nn.Linear
+    assert isinstance(model.get_submodule("model.decoder.layers.1.fc1"), quantized_dynamic.Linear)
+
+
 # ---- int8 stays close to the float parent ---------------------------------------------------
 
 
@@ -264,7 +282,10 @@ def reference_logits(store: ModelStore, two_seconds: Audio) -> tuple[torch.Tenso
 
 # Relative L2 error of the next-token logits, ||parent - variant|| / ||parent||, measured on the tiny random
 # model: ptq-int8 0.019, bnb-int8 0.010, bnb-nf4 0.115, ct2-int8 0.130 (unrelated logits give about 1.4).
-@pytest.mark.parametrize(("method", "tolerance"), [("ptq-int8", 0.05), ("bnb-int8", 0.05), ("bnb-nf4", 0.3)])
+@pytest.mark.parametrize(
+    ("method", "tolerance"),
+    [("ptq-int8", 0.05), ("ptq-int8-keep-fc2", 0.05), ("bnb-int8", 0.05), ("bnb-nf4", 0.3)],
+)
 def test_transformers_quantized_logits_are_close_to_the_parent(
     method: str,
     tolerance: float,

@@ -3,6 +3,7 @@
 | method            | backend      | device | stored on disk                                              |
 |-------------------|--------------|--------|-------------------------------------------------------------|
 | ptq-int8          | transformers | cpu    | int8 Linear weights + per-channel scales, float16 the rest  |
+| ptq-int8-keep-fc2 | transformers | cpu    | as ptq-int8, but the FFNs' fc2 Linears in float16           |
 | ct2-int8          | ctranslate2  | cpu    | CTranslate2 model.bin, int8 weights (embeddings included)   |
 | ct2-int8_float16  | ctranslate2  | cuda   | CTranslate2 model.bin, int8 weights, float16 the rest       |
 | bnb-int8          | transformers | cpu    | bitsandbytes LLM.int8 rows + scales, float16 the rest       |
@@ -26,7 +27,7 @@ from compression.quantize.bnb import write_bnb
 from compression.quantize.half import write_half
 from compression.quantize.parent import Parent
 from compression.quantize.smoothed_parent import SmoothingPlan, smoothed_model
-from compression.quantize.torch_int8 import write_ptq_int8
+from compression.quantize.torch_int8 import FFN_OUTPUT, write_ptq_int8
 from model_store.errors import HushError
 from model_store.manifest import Backend, Device, Manifest, Recipe, size_tier_for
 from model_store.store import ModelStore
@@ -79,6 +80,16 @@ METHODS: dict[str, QuantizationMethod] = {
             "int8",
             write_ptq_int8,
             "PyTorch dynamic int8 of every Linear (CPU)",
+            quantizes_activations=True,
+        ),
+        QuantizationMethod(
+            "ptq-int8-keep-fc2",
+            "transformers",
+            "cpu",
+            "int8",
+            lambda parent, target: write_ptq_int8(parent, target, keep_float={FFN_OUTPUT}),
+            "PyTorch dynamic int8 of every Linear but the FFNs' second (fc2, kept float16: its "
+            "post-GELU input is per-tensor int8's worst case)",
             quantizes_activations=True,
         ),
         QuantizationMethod(

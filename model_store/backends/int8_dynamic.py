@@ -5,7 +5,8 @@ The file format (``model.int8.safetensors``, beside the checkpoint's ``config.js
 * for each quantized Linear ``<name>``: ``<name>.weight`` int8 ``(out, in)``, ``<name>.weight_scale``
   float32 ``(out,)`` (symmetric per output channel, zero point 0: ``w ~= int8 * scale``), and
   ``<name>.bias`` if the layer has one;
-* every other tensor (convolutions, layer norms, position tables) in ``float16``;
+* every other tensor (convolutions, layer norms, position tables, and the Linears kept in float: those
+  without a ``.weight_scale``) in ``float16``;
 * the decoder's token embedding is tied to the output projection ``proj_out``: it is stored once, as
   ``proj_out``'s int8 rows and scales, and the embedding lookup uses those rows dequantized.
 
@@ -19,6 +20,7 @@ and the int8 weights set into them, so no float copy of the Linear weights is ev
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -57,9 +59,16 @@ def _tied(model: WhisperForConditionalGeneration) -> bool:
     return bool(model.proj_out.weight.data_ptr() == embedding.weight.data_ptr())
 
 
-def int8_state_dict(model: WhisperForConditionalGeneration) -> dict[str, torch.Tensor]:
-    """The tensors of :data:`INT8_WEIGHTS_FILENAME` for a float model."""
-    linear_names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+def int8_state_dict(
+    model: WhisperForConditionalGeneration, float_linears: Collection[str] = ()
+) -> dict[str, torch.Tensor]:
+    """The tensors of :data:`INT8_WEIGHTS_FILENAME` for a float model; the Linears named in
+    ``float_linears`` keep float weights (the output projection cannot: it holds the tied embedding)."""
+    if OUTPUT_PROJECTION in float_linears:
+        raise ValueError(f"{OUTPUT_PROJECTION} holds the tied token embedding and is always stored as int8")
+    linear_names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)} - set(
+        float_linears
+    )
     tied = _tied(model)
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
@@ -73,9 +82,12 @@ def int8_state_dict(model: WhisperForConditionalGeneration) -> dict[str, torch.T
     return state
 
 
-def save_int8(model: WhisperForConditionalGeneration, directory: Path) -> Path:
-    """Write the model's int8 weights and its config to ``directory``; returns the weights file."""
-    state = int8_state_dict(model)
+def save_int8(
+    model: WhisperForConditionalGeneration, directory: Path, float_linears: Collection[str] = ()
+) -> Path:
+    """Write the model's int8 weights (float16 for ``float_linears``) and its config to
+    ``directory``; returns the weights file."""
+    state = int8_state_dict(model, float_linears)
     model.config.save_pretrained(directory)
     path = directory / INT8_WEIGHTS_FILENAME
     tied = "true" if _tied(model) else "false"
@@ -100,7 +112,11 @@ def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperFor
     state = load_file(str(directory / INT8_WEIGHTS_FILENAME))
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
-    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    linear_names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name + SCALE_SUFFIX in state  # the others stay float
+    ]
     layers = {}
     for name in linear_names:
         weight = state.pop(f"{name}.weight")
