@@ -28,7 +28,8 @@ from compression.quantize.methods import (
 )
 from compression.quantize.parent import Parent, UnsupportedParentError
 from model_store.backends.ctranslate2_backend import CTranslate2Transcriber, max_length_for
-from model_store.backends.int8_dynamic import INT8_WEIGHTS_FILENAME, load_int8
+from model_store.backends.int8_dynamic import INT8_WEIGHTS_FILENAME, load_int8, per_token_linears
+from model_store.backends.per_token_int8 import PerTokenInt8Linear
 from model_store.backends.transformers_backend import TransformersTranscriber
 from model_store.errors import BackendUnavailableError
 from model_store.features import log_mel_spectrogram, window
@@ -115,7 +116,9 @@ def test_cpu_method_publishes_a_variant_that_transcribes(
 
 def test_default_ids_and_unknown_methods(store: ModelStore) -> None:
     assert variant_id_for("whisper-base", "ct2-int8") == "whisper-base-ct2-int8"
-    with pytest.raises(UnknownMethodError, match="choose one of: ptq-int8, ptq-int8-keep-fc2, ct2-int8"):
+    with pytest.raises(
+        UnknownMethodError, match="choose one of: ptq-int8, ptq-int8-keep-fc2, ptq-int8-per-token, ct2-int8"
+    ):
         quantize_variant(store, PARENT, "int3")
 
 
@@ -259,6 +262,24 @@ def test_keep_fc2_stores_and_runs_the_ffn_output_layers_in_float(
     assert isinstance(model.get_submodule("model.decoder.layers.1.fc1"), quantized_dynamic.Linear)
 
 
+def test_per_token_variant_quantizes_encoder_and_fc2_inputs_per_token(
+    store: ModelStore, variant: Callable[[str], Manifest]
+) -> None:
+    directory = store.path(variant("ptq-int8-per-token").id)
+    listed = per_token_linears(directory / INT8_WEIGHTS_FILENAME)
+    model = load_int8(directory)
+    linears = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (PerTokenInt8Linear, quantized_dynamic.Linear))
+    }
+    expected = {name for name in linears if name.startswith("model.encoder.") or name.endswith(".fc2")}
+    assert listed == expected and len(expected) == 2 * 6 + 2  # 6 Linears a layer in the encoder, + 2 fc2
+    assert all(isinstance(model.get_submodule(name), PerTokenInt8Linear) for name in expected)
+    assert isinstance(model.get_submodule("model.decoder.layers.0.fc1"), quantized_dynamic.Linear)
+    assert per_token_linears(store.path(variant("ptq-int8").id) / INT8_WEIGHTS_FILENAME) == frozenset()
+
+
 # ---- int8 stays close to the float parent ---------------------------------------------------
 
 
@@ -284,7 +305,13 @@ def reference_logits(store: ModelStore, two_seconds: Audio) -> tuple[torch.Tenso
 # model: ptq-int8 0.019, bnb-int8 0.010, bnb-nf4 0.115, ct2-int8 0.130 (unrelated logits give about 1.4).
 @pytest.mark.parametrize(
     ("method", "tolerance"),
-    [("ptq-int8", 0.05), ("ptq-int8-keep-fc2", 0.05), ("bnb-int8", 0.05), ("bnb-nf4", 0.3)],
+    [
+        ("ptq-int8", 0.05),
+        ("ptq-int8-keep-fc2", 0.05),
+        ("ptq-int8-per-token", 0.05),
+        ("bnb-int8", 0.05),
+        ("bnb-nf4", 0.3),
+    ],
 )
 def test_transformers_quantized_logits_are_close_to_the_parent(
     method: str,

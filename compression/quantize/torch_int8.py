@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +13,33 @@ from compression.quantize.parent import Parent
 from model_store.backends.int8_dynamic import FORMAT_NAME, save_int8
 
 FFN_OUTPUT = "fc2"  # the FFN's second Linear, whose input is the GELU's output
+ENCODER = "model.encoder."
 
 
-def write_ptq_int8(parent: Parent, target: Path, *, keep_float: Collection[str] = ()) -> dict[str, Any]:
+def encoder_and_ffn_outputs(linear_names: Collection[str]) -> list[str]:
+    """The Linears whose inputs have many rows or outliers: all the encoder's (1,500 frames a window),
+    and every FFN's second Linear (post-GELU inputs). During decoding the decoder's other Linears see
+    one token a step, where one scale per matrix already is one per token."""
+    return sorted(
+        name for name in linear_names if name.startswith(ENCODER) or name.endswith("." + FFN_OUTPUT)
+    )
+
+
+def write_ptq_int8(
+    parent: Parent,
+    target: Path,
+    *,
+    keep_float: Collection[str] = (),
+    per_token: Callable[[Collection[str]], list[str]] | None = None,
+) -> dict[str, Any]:
     """Quantize the parent's Linear layers to int8, but those whose last name part is in
-    ``keep_float`` (say ``fc2``), and write them with the parent's other files."""
+    ``keep_float`` (say ``fc2``), and write them with the parent's other files. ``per_token`` picks,
+    from the Linear names, those whose activations are quantized per token."""
     model = parent.load_float(torch.float32)
-    float_linears = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rpartition(".")[2] in keep_float
-    ]
-    save_int8(model, target, float_linears)
+    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    float_linears = [name for name in linear_names if name.rpartition(".")[2] in keep_float]
+    per_token_linears = [] if per_token is None else per_token(linear_names)
+    save_int8(model, target, float_linears, per_token_linears)
     parent.copy_assets(target)  # the tokenizer, processor and generation config; config.json is ours
     kept = (
         f", but {', '.join(sorted(keep_float))} (kept float16: {len(float_linears)} Linears)"
@@ -36,7 +51,9 @@ def write_ptq_int8(parent: Parent, target: Path, *, keep_float: Collection[str] 
         "file_format": FORMAT_NAME,
         "layers": "every nn.Linear (attention, FFN, output projection)" + kept,
         "float_linears": float_linears,
-        "scheme": "int8 weights, symmetric per output channel; activations quantized per batch at run time",
+        "per_token_linears": per_token_linears,
+        "scheme": "int8 weights, symmetric per output channel; activations quantized at run time, per "
+        "token in per_token_linears (torch._int_mm), per matrix in the others (PyTorch dynamic int8)",
         "tied_embedding": "stored once as the output projection's int8 rows, dequantized for lookup",
         "float_tensors": "float16",
         "engine": torch.backends.quantized.engine,

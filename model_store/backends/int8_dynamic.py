@@ -8,7 +8,10 @@ The file format (``model.int8.safetensors``, beside the checkpoint's ``config.js
 * every other tensor (convolutions, layer norms, position tables, and the Linears kept in float: those
   without a ``.weight_scale``) in ``float16``;
 * the decoder's token embedding is tied to the output projection ``proj_out``: it is stored once, as
-  ``proj_out``'s int8 rows and scales, and the embedding lookup uses those rows dequantized.
+  ``proj_out``'s int8 rows and scales, and the embedding lookup uses those rows dequantized;
+* the header's ``per_token`` metadata (a JSON list, absent in files written before it existed) names
+  the Linears whose activations are quantized per token
+  (:class:`~model_store.backends.per_token_int8.PerTokenInt8Linear`) rather than per matrix.
 
 Plain int8 tensors and float scales, not pickled ``torch.qint8`` objects: the bytes stay readable
 without PyTorch's quantized-tensor API (deprecated in recent releases) and load with safetensors'
@@ -19,16 +22,19 @@ and the int8 weights set into them, so no float copy of the Linear weights is ev
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from model_store.backends.per_token_int8 import PerTokenInt8Linear
 from model_store.safetensors_file import save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -39,6 +45,7 @@ FORMAT_VERSION = "1"
 SCALE_SUFFIX = ".weight_scale"
 TIED_EMBEDDING = "model.decoder.embed_tokens.weight"
 OUTPUT_PROJECTION = "proj_out"
+PER_TOKEN_KEY = "per_token"
 FLOAT_STORAGE = torch.float16  # the non-Linear tensors; the imported teachers are float16 already
 
 
@@ -83,16 +90,31 @@ def int8_state_dict(
 
 
 def save_int8(
-    model: WhisperForConditionalGeneration, directory: Path, float_linears: Collection[str] = ()
+    model: WhisperForConditionalGeneration,
+    directory: Path,
+    float_linears: Collection[str] = (),
+    per_token_linears: Collection[str] = (),
 ) -> Path:
     """Write the model's int8 weights (float16 for ``float_linears``) and its config to
-    ``directory``; returns the weights file."""
+    ``directory``; ``per_token_linears`` will quantize their inputs per token. Returns the weights file."""
+    both = sorted(set(float_linears) & set(per_token_linears))
+    if both:
+        raise ValueError(f"Linears both kept float and quantized per token: {both}")
     state = int8_state_dict(model, float_linears)
     model.config.save_pretrained(directory)
     path = directory / INT8_WEIGHTS_FILENAME
-    tied = "true" if _tied(model) else "false"
-    save_safetensors(state, path, metadata={"format": FORMAT_NAME, "version": FORMAT_VERSION, "tied": tied})
+    metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tied": "true" if _tied(model) else "false"}
+    if per_token_linears:
+        metadata[PER_TOKEN_KEY] = json.dumps(sorted(per_token_linears))
+    save_safetensors(state, path, metadata=metadata)
     return path
+
+
+def per_token_linears(path: Path) -> frozenset[str]:
+    """The Linears an int8 weights file quantizes per token (none in files without the key)."""
+    with safe_open(str(path), framework="pt") as tensors:
+        listed = (tensors.metadata() or {}).get(PER_TOKEN_KEY)
+    return frozenset(json.loads(listed)) if listed else frozenset()
 
 
 def _quantized_linear(
@@ -110,6 +132,7 @@ def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperFor
     """The model saved by :func:`save_int8`, on the CPU (dynamic int8 kernels are CPU-only)."""
     config = WhisperConfig.from_pretrained(directory, local_files_only=True)
     state = load_file(str(directory / INT8_WEIGHTS_FILENAME))
+    per_token = per_token_linears(directory / INT8_WEIGHTS_FILENAME)
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     linear_names = [
@@ -117,12 +140,16 @@ def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperFor
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and name + SCALE_SUFFIX in state  # the others stay float
     ]
-    layers = {}
+    layers: dict[str, nn.Module] = {}
     for name in linear_names:
         weight = state.pop(f"{name}.weight")
         scales = state.pop(name + SCALE_SUFFIX)
         bias = state.pop(f"{name}.bias", None)
-        layers[name] = _quantized_linear(weight, scales, None if bias is None else bias.to(dtype))
+        bias = None if bias is None else bias.to(dtype)
+        if name in per_token:
+            layers[name] = PerTokenInt8Linear(weight, scales, bias)
+        else:
+            layers[name] = _quantized_linear(weight, scales, bias)
         if name == OUTPUT_PROJECTION and TIED_EMBEDDING not in state:
             state[TIED_EMBEDDING] = weight.to(dtype) * scales.to(dtype)[:, None]
     floats = {name: tensor.to(dtype) for name, tensor in state.items()}
