@@ -59,13 +59,13 @@ def calibration_examples(
     for utterance in utterances:
         features = window(log_mel_spectrogram(utterance.load_audio(), n_mels), 0).unsqueeze(0)
         text = tokenizer.encode(" " + utterance.text.strip(), add_special_tokens=False)
-        ids = [*_prompt(tokens, utterance.language), *text][:MAX_TARGET_LENGTH]
+        ids = [*decoder_prompt(tokens, utterance.language), *text][:MAX_TARGET_LENGTH]
         decoder_input_ids = torch.tensor([ids], dtype=torch.long)
         examples.append(CalibrationExample(utterance.id, utterance.language, features, decoder_input_ids))
     return examples
 
 
-def _prompt(tokens: SpecialTokens, language: str) -> list[int]:
+def decoder_prompt(tokens: SpecialTokens, language: str) -> list[int]:
     """``<|startoftranscript|><|xx|><|transcribe|><|notimestamps|>``; English-only models have no
     language or task token."""
     if not tokens.languages:

@@ -1,0 +1,173 @@
+"""Which Linears' int8 costs a Whisper its accuracy: a teacher-forced probe, per group of Linears.
+
+    python -m tests.bench.probe_int8_layers --store .hush/store               # whisper-base, 1 dev utt a language
+    python -m tests.bench.probe_int8_layers --store .hush/store --smooth 0.5,0.8 --per-language 2
+
+For each row a copy of the float model gets some of its Linears replaced by PyTorch dynamic int8
+(per-channel weights, one activation scale per matrix, as ``ptq-int8``) or by per-token int8 (as
+``ptq-int8-per-token``), and is run teacher-forced on gold dev transcripts. The table gives the KL
+divergence from the float model's next-token distribution to the variant's, averaged over target
+tokens, and how often their top tokens agree. Teacher forcing runs the decoder on whole sequences, so
+it overstates the decoder's share: while decoding, each step quantizes one token. A probe to find
+where to look, not an accuracy figure: `hush eval` is that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import WhisperForConditionalGeneration, WhisperTokenizer
+
+from compression.quantize.calibration import (
+    CalibrationExample,
+    calibration_examples,
+    calibration_utterances,
+    decoder_prompt,
+    run_calibration,
+)
+from compression.quantize.smoothing import recording_input_ranges, smooth, whisper_smoothing_groups
+from compression.training.selection import select_utterances
+from model_store.backends.int8_dynamic import _per_channel_int8, _quantized_linear
+from model_store.backends.per_token_int8 import PerTokenInt8Linear
+from model_store.whisper_tokens import special_tokens
+
+Selection = Callable[[str], bool]
+ROWS: dict[str, Selection] = {
+    "all": lambda name: True,
+    "encoder only": lambda name: name.startswith("model.encoder."),
+    "decoder layers only": lambda name: name.startswith("model.decoder."),
+    "output projection only": lambda name: name == "proj_out",
+    "all but fc2": lambda name: not name.endswith(".fc2"),
+}
+
+
+def quantized_copy(
+    model: WhisperForConditionalGeneration, chosen: Selection, per_token: Selection = lambda name: False
+) -> WhisperForConditionalGeneration:
+    quantized = copy.deepcopy(model)
+    for name, module in list(quantized.named_modules()):
+        if isinstance(module, nn.Linear) and chosen(name):
+            weight, scales = _per_channel_int8(module.weight.data)
+            bias = None if module.bias is None else module.bias.data
+            layer = (
+                PerTokenInt8Linear(weight, scales, bias)
+                if per_token(name)
+                else _quantized_linear(weight, scales, bias)
+            )
+            quantized.set_submodule(name, layer)
+    return quantized
+
+
+@torch.inference_mode()
+def _log_probs(
+    model: WhisperForConditionalGeneration, examples: Sequence[CalibrationExample], prompt_length: int
+) -> list[torch.Tensor]:
+    """Next-token log-probabilities at the target positions (from the prompt's last token on)."""
+    return [
+        torch.log_softmax(
+            model(input_features=e.features, decoder_input_ids=e.decoder_input_ids).logits[
+                0, prompt_length - 1 :
+            ],
+            dim=-1,
+        )
+        for e in examples
+    ]
+
+
+def divergence(reference: list[torch.Tensor], other: list[torch.Tensor]) -> tuple[float, float]:
+    """Mean KL(reference || other) per target token, and the share of equal top tokens."""
+    kl = torch.cat([(r.exp() * (r - o)).sum(-1) for r, o in zip(reference, other, strict=True)])
+    agree = torch.cat([(r.argmax(-1) == o.argmax(-1)).float() for r, o in zip(reference, other, strict=True)])
+    return float(kl.mean()), float(agree.mean())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--variant", default="whisper-base", help="a float transformers variant")
+    parser.add_argument("--corpus", type=Path, help="default: the one built under HUSH_HOME")
+    parser.add_argument("--per-language", type=int, default=1, help="dev utterances per language")
+    parser.add_argument("--smooth", default="", help="comma-separated SmoothQuant alphas to add rows for")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    from compression.evaluation.cli import find_corpus
+    from model_store.settings import HushSettings
+    from model_store.store import ModelStore
+
+    torch.set_num_threads(args.threads)
+    store = ModelStore(args.store)
+    directory = store.path(args.variant)
+    manifest = store.verify(args.variant)
+    corpus = find_corpus(HushSettings(), args.corpus)
+    tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
+    tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
+    model = WhisperForConditionalGeneration.from_pretrained(directory, torch_dtype=torch.float32).eval()
+    languages = [
+        language
+        for language in corpus.languages
+        if "*" in manifest.languages or language in manifest.languages
+    ]
+    held_out = select_utterances(corpus, "dev", languages, args.per_language, seed=1)
+    examples = calibration_examples(held_out, tokenizer, tokens, model.config.num_mel_bins)
+    prompt_length = len(decoder_prompt(tokens, languages[0]))
+    reference = _log_probs(model, examples, prompt_length)
+
+    rows: list[tuple[str, float, float]] = []
+    for label, chosen in ROWS.items():
+        rows.append(
+            (
+                label,
+                *divergence(reference, _log_probs(quantized_copy(model, chosen), examples, prompt_length)),
+            )
+        )
+    per_token_rows = {
+        "all, encoder and fc2 per token": lambda name: (
+            name.startswith("model.encoder.") or name.endswith(".fc2")
+        )
+    }
+    for label, per_token in per_token_rows.items():
+        rows.append(
+            (
+                label,
+                *divergence(
+                    reference,
+                    _log_probs(quantized_copy(model, ROWS["all"], per_token), examples, prompt_length),
+                ),
+            )
+        )
+    for alpha in [float(value) for value in args.smooth.split(",") if value]:
+        smoothed = copy.deepcopy(model)
+        groups = whisper_smoothing_groups(smoothed)
+        calibration = calibration_examples(
+            calibration_utterances(corpus, manifest, 4), tokenizer, tokens, model.config.num_mel_bins
+        )
+        with recording_input_ranges(
+            smoothed, {name for group in groups for name in group.consumers}
+        ) as ranges:
+            run_calibration(smoothed, calibration, progress=False)
+        smooth(smoothed, groups, ranges, alpha)
+        for label in ("all", "all but fc2"):
+            quantized = quantized_copy(smoothed, ROWS[label])
+            rows.append(
+                (
+                    f"{label}, smoothed {alpha:g}",
+                    *divergence(reference, _log_probs(quantized, examples, prompt_length)),
+                )
+            )
+
+    print(f"{args.variant}: {len(examples)} dev utterances, teacher-forced, {args.threads} thread(s)\n")
+    print(f"{'int8 Linears':40s} {'KL':>7s} {'top-1 agree':>12s}")
+    for label, kl, agree in rows:
+        print(f"{label:40s} {kl:7.4f} {agree:11.1%}")
+
+
+if __name__ == "__main__":
+    main()
