@@ -493,6 +493,7 @@ def test_compress_quantize_command(store: ModelStore, tmp_path: Path) -> None:
     ("parent", "method"),
     [
         ("whisper-base", "ptq-int8"),
+        ("whisper-base", "ptq-int8-per-token"),
         ("whisper-base", "ct2-int8"),
         ("whisper-tiny.en", "ptq-int8"),  # English-only: no language tokens, as bootstrap makes it
         ("whisper-tiny.en", "ct2-int8"),
