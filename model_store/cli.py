@@ -59,7 +59,12 @@ def store_ls() -> None:
     if not manifests:
         typer.echo(f"no variants in {store.root} (import one: hush store import whisper-base)", err=True)
         return
-    header = f"{'id':<28} {'recipe':<12} {'tier':<6} {'device':<6} {'dtype':<8} {'size':>9} {'langs':<11} {'CER':>6} {'ms/s':>7}"
+    id_width = max(28, *(len(manifest.id) for manifest in manifests))  # columns stay aligned
+    recipe_width = max(12, *(len(manifest.recipe.method) for manifest in manifests))
+    header = (
+        f"{'id':<{id_width}} {'recipe':<{recipe_width}} {'tier':<6} {'device':<6} {'dtype':<8} {'size':>9} "
+        f"{'langs':<11} {'CER':>6} {'ms/s':>7}"
+    )
     typer.echo(header)
     for manifest in manifests:
         languages = languages_cell(manifest.languages)
@@ -72,7 +77,8 @@ def store_ls() -> None:
             cer = f"{pooled:.3f}"
         latency = f"{manifest.latency.ms_per_audio_second:.1f}" if manifest.latency else "-"
         typer.echo(
-            f"{manifest.id:<28} {manifest.recipe.method:<12} {manifest.size_tier:<6} {manifest.device:<6} "
+            f"{manifest.id:<{id_width}} {manifest.recipe.method:<{recipe_width}} {manifest.size_tier:<6} "
+            f"{manifest.device:<6} "
             f"{manifest.dtype:<8} {_human_bytes(manifest.bytes_on_disk):>9} {languages:<11} {cer:>6} {latency:>7}"
         )
 

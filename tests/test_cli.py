@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,16 @@ def test_store_ls_shows_a_language_list_whole_or_counts_it() -> None:
     assert languages_cell(("*",)) == "*"
     assert languages_cell(("es", "fr", "it", "ru")) == "es,fr,it,ru"
     assert languages_cell(("ca", "cs", "es", "nl", "ru")) == "5 langs"  # never "ca,cs,es,n"
+
+
+def test_store_ls_keeps_columns_aligned_past_long_ids(tmp_path: Path) -> None:
+    from tests.factories import store_with_tiny_variants
+
+    long_id = "tiny-random-with-a-name-longer-than-the-column"
+    store = store_with_tiny_variants(tmp_path / "store", "tiny-random", long_id)
+    listing = hush("store", "ls", store=store.root)
+    assert listing.returncode == 0, listing.stderr
+    rows = listing.stdout.splitlines()
+    assert len(rows) == 3 and any(row.startswith(long_id + " ") for row in rows)
+    second_column = {re.match(r"\S+\s+", row).end() for row in rows}  # type: ignore[union-attr]
+    assert second_column == {len(long_id) + 1}
