@@ -148,7 +148,7 @@ def test_a_smoothed_variant_is_calibrated_on_train_audio_and_published(tmp_path:
     )
     assert transcription.variant_id == manifest.id and transcription.duration == pytest.approx(1.0)
 
-    with pytest.raises(SmoothingError, match="ptq-int8, ct2-int8"):
+    with pytest.raises(SmoothingError, match="ptq-int8, ptq-int8-keep-fc2, ptq-int8-per-token, ct2-int8"):
         quantize_variant(store, "tiny-random", "bnb-nf4", smoothing=plan, progress=False)
     with pytest.raises(ValueError, match="between 0 and 1"):
         SmoothingPlan(1.2, utterances)
