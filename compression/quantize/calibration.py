@@ -38,18 +38,23 @@ class CalibrationExample:
     decoder_input_ids: torch.Tensor
 
 
-def calibration_utterances(
-    corpus: Corpus, manifest: Manifest, per_language: int, seed: int = 0
-) -> list[Utterance]:
-    """A seeded sample of the train split, ``per_language`` utterances of each corpus language the
-    parent covers (the train split: dev and test stay unseen by anything that shapes a variant)."""
+def covered_languages(corpus: Corpus, manifest: Manifest) -> list[str]:
+    """The corpus languages the variant transcribes; refused when there are none."""
     covered = set(manifest.languages)
     languages = [language for language in corpus.languages if ALL_LANGUAGES in covered or language in covered]
     if not languages:
         raise CalibrationError(
             f"corpus {corpus.id} has none of {manifest.id}'s languages ({', '.join(manifest.languages)})"
         )
-    return select_utterances(corpus, "train", languages, per_language, seed=seed)
+    return languages
+
+
+def calibration_utterances(
+    corpus: Corpus, manifest: Manifest, per_language: int, seed: int = 0
+) -> list[Utterance]:
+    """A seeded sample of the train split, ``per_language`` utterances of each corpus language the
+    parent covers (the train split: dev and test stay unseen by anything that shapes a variant)."""
+    return select_utterances(corpus, "train", covered_languages(corpus, manifest), per_language, seed=seed)
 
 
 def calibration_examples(

@@ -27,6 +27,7 @@ from compression.quantize.calibration import (
     CalibrationExample,
     calibration_examples,
     calibration_utterances,
+    covered_languages,
     decoder_prompt,
     run_calibration,
 )
@@ -110,11 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
     tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
     model = WhisperForConditionalGeneration.from_pretrained(directory, torch_dtype=torch.float32).eval()
-    languages = [
-        language
-        for language in corpus.languages
-        if "*" in manifest.languages or language in manifest.languages
-    ]
+    languages = covered_languages(corpus, manifest)
     held_out = select_utterances(corpus, "dev", languages, args.per_language, seed=1)
     examples = calibration_examples(held_out, tokenizer, tokens, model.config.num_mel_bins)
     prompt_length = len(decoder_prompt(tokens, languages[0]))
