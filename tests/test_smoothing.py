@@ -16,6 +16,7 @@ from compression.quantize.cli import quantize_command
 from compression.quantize.methods import SmoothingError, quantize_variant, variant_id_for
 from compression.quantize.smoothed_parent import SmoothingPlan
 from compression.quantize.smoothing import (
+    consumers_of,
     recording_input_ranges,
     smooth,
     smoothing_scales,
@@ -59,7 +60,7 @@ def _logits(model: WhisperForConditionalGeneration, seed: int) -> torch.Tensor:
 
 def _smoothed(model: WhisperForConditionalGeneration, alpha: float) -> dict[str, float | int]:
     groups = whisper_smoothing_groups(model)
-    with recording_input_ranges(model, {name for group in groups for name in group.consumers}) as ranges:
+    with recording_input_ranges(model, consumers_of(groups)) as ranges:
         for seed in range(3):
             _logits(model, seed)
     return smooth(model, groups, ranges, alpha).as_dict()

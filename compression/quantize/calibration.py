@@ -21,8 +21,6 @@ from model_store.features import log_mel_spectrogram, window
 from model_store.manifest import Manifest
 from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
 
-ALL_LANGUAGES = "*"
-
 
 class CalibrationError(HushError, ValueError):
     """No calibration audio for a parent in the corpus."""
@@ -40,8 +38,7 @@ class CalibrationExample:
 
 def covered_languages(corpus: Corpus, manifest: Manifest) -> list[str]:
     """The corpus languages the variant transcribes; refused when there are none."""
-    covered = set(manifest.languages)
-    languages = [language for language in corpus.languages if ALL_LANGUAGES in covered or language in covered]
+    languages = [language for language in corpus.languages if manifest.covers(language)]
     if not languages:
         raise CalibrationError(
             f"corpus {corpus.id} has none of {manifest.id}'s languages ({', '.join(manifest.languages)})"

@@ -16,9 +16,14 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
 from compression.data.corpus import Utterance
-from compression.quantize.calibration import calibration_examples, run_calibration
+from compression.quantize.calibration import CalibrationExample, calibration_examples, run_calibration
 from compression.quantize.parent import Parent
-from compression.quantize.smoothing import recording_input_ranges, smooth, whisper_smoothing_groups
+from compression.quantize.smoothing import (
+    consumers_of,
+    recording_input_ranges,
+    smooth,
+    whisper_smoothing_groups,
+)
 from model_store.whisper_tokens import special_tokens
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,16 @@ class SmoothingPlan:
             raise ValueError("smoothing needs at least one calibration utterance")
 
 
+def calibration_ranges(
+    model: WhisperForConditionalGeneration, examples: Sequence[CalibrationExample], *, progress: bool = True
+) -> dict[str, torch.Tensor]:
+    """The input range of every Linear that smoothing scales, over the calibration examples, measured
+    on ``model`` as it is (smooth copies of it with any alpha from the same ranges)."""
+    with recording_input_ranges(model, consumers_of(whisper_smoothing_groups(model))) as ranges:
+        run_calibration(model, examples, progress=progress)
+    return ranges
+
+
 def smoothed_model(
     parent: Parent, plan: SmoothingPlan, *, progress: bool = True
 ) -> tuple[WhisperForConditionalGeneration, dict[str, Any]]:
@@ -48,11 +63,8 @@ def smoothed_model(
     tokenizer = WhisperTokenizer.from_pretrained(parent.directory, local_files_only=True)
     tokens = special_tokens(tokenizer, multilingual=parent.manifest.multilingual)
     examples = calibration_examples(plan.utterances, tokenizer, tokens, model.config.num_mel_bins)
-    groups = whisper_smoothing_groups(model)
-    consumers = {name for group in groups for name in group.consumers}
-    with recording_input_ranges(model, consumers) as ranges:
-        run_calibration(model, examples, progress=progress)
-    report = smooth(model, groups, ranges, plan.alpha)
+    ranges = calibration_ranges(model, examples, progress=progress)
+    report = smooth(model, whisper_smoothing_groups(model), ranges, plan.alpha)
     logger.info(
         "smoothed %d Linears in %d groups (alpha %.2f): worst input spread %.1f -> %.1f",
         report.linears,

@@ -72,7 +72,8 @@ def whisper_smoothing_groups(model: nn.Module) -> list[SmoothingGroup]:
     return groups
 
 
-def _consumers(groups: Iterable[SmoothingGroup]) -> set[str]:
+def consumers_of(groups: Iterable[SmoothingGroup]) -> set[str]:
+    """Every Linear the groups smooth (the ones whose input ranges calibration records)."""
     return {name for group in groups for name in group.consumers}
 
 
@@ -144,7 +145,7 @@ def smooth(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
     groups = list(groups)
-    missing = sorted(_consumers(groups) - set(ranges))
+    missing = sorted(consumers_of(groups) - set(ranges))
     if missing:
         raise ValueError(f"no calibration range for {len(missing)} Linears, e.g. {missing[0]}")
     before = after = 0.0
@@ -158,7 +159,7 @@ def smooth(
             layer.weight.mul_(scales.to(layer.weight.dtype)[None, :])
         before = max(before, _spread(activation_range))
         after = max(after, _spread(activation_range / scales))
-    return SmoothingReport(alpha, len(groups), len(_consumers(groups)), before, after)
+    return SmoothingReport(alpha, len(groups), len(consumers_of(groups)), before, after)
 
 
 def _linear(model: nn.Module, name: str) -> nn.Linear:

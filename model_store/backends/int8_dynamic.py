@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from transformers import WhisperConfig, WhisperForConditionalGeneration
@@ -113,8 +112,22 @@ def save_int8(
 def per_token_linears(path: Path) -> frozenset[str]:
     """The Linears an int8 weights file quantizes per token (none in files without the key)."""
     with safe_open(str(path), framework="pt") as tensors:
-        listed = (tensors.metadata() or {}).get(PER_TOKEN_KEY)
+        return _per_token(tensors.metadata())
+
+
+def _per_token(metadata: dict[str, str] | None) -> frozenset[str]:
+    listed = (metadata or {}).get(PER_TOKEN_KEY)
     return frozenset(json.loads(listed)) if listed else frozenset()
+
+
+def int8_layer(
+    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, per_token: bool
+) -> nn.Module:
+    """The run-time module of one int8 Linear: activations quantized per token, or per matrix by
+    PyTorch's dynamic int8."""
+    if per_token:
+        return PerTokenInt8Linear(weight, scales, bias)
+    return _quantized_linear(weight, scales, bias)
 
 
 def _quantized_linear(
@@ -131,8 +144,9 @@ def _quantized_linear(
 def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperForConditionalGeneration:
     """The model saved by :func:`save_int8`, on the CPU (dynamic int8 kernels are CPU-only)."""
     config = WhisperConfig.from_pretrained(directory, local_files_only=True)
-    state = load_file(str(directory / INT8_WEIGHTS_FILENAME))
-    per_token = per_token_linears(directory / INT8_WEIGHTS_FILENAME)
+    with safe_open(str(directory / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
+        per_token = _per_token(tensors.metadata())
+        state = {key: tensors.get_tensor(key) for key in tensors.keys()}  # noqa: SIM118 (not a dict)
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     linear_names = [
@@ -146,10 +160,7 @@ def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperFor
         scales = state.pop(name + SCALE_SUFFIX)
         bias = state.pop(f"{name}.bias", None)
         bias = None if bias is None else bias.to(dtype)
-        if name in per_token:
-            layers[name] = PerTokenInt8Linear(weight, scales, bias)
-        else:
-            layers[name] = _quantized_linear(weight, scales, bias)
+        layers[name] = int8_layer(weight, scales, bias, per_token=name in per_token)
         if name == OUTPUT_PROJECTION and TIED_EMBEDDING not in state:
             state[TIED_EMBEDDING] = weight.to(dtype) * scales.to(dtype)[:, None]
     floats = {name: tensor.to(dtype) for name, tensor in state.items()}

@@ -29,12 +29,12 @@ from compression.quantize.calibration import (
     calibration_utterances,
     covered_languages,
     decoder_prompt,
-    run_calibration,
 )
-from compression.quantize.smoothing import recording_input_ranges, smooth, whisper_smoothing_groups
+from compression.quantize.smoothed_parent import calibration_ranges
+from compression.quantize.smoothing import smooth, whisper_smoothing_groups
+from compression.quantize.torch_int8 import encoder_and_ffn_outputs
 from compression.training.selection import select_utterances
-from model_store.backends.int8_dynamic import _per_channel_int8, _quantized_linear
-from model_store.backends.per_token_int8 import PerTokenInt8Linear
+from model_store.backends.int8_dynamic import _per_channel_int8, int8_layer
 from model_store.whisper_tokens import special_tokens
 
 Selection = Callable[[str], bool]
@@ -55,12 +55,7 @@ def quantized_copy(
         if isinstance(module, nn.Linear) and chosen(name):
             weight, scales = _per_channel_int8(module.weight.data)
             bias = None if module.bias is None else module.bias.data
-            layer = (
-                PerTokenInt8Linear(weight, scales, bias)
-                if per_token(name)
-                else _quantized_linear(weight, scales, bias)
-            )
-            quantized.set_submodule(name, layer)
+            quantized.set_submodule(name, int8_layer(weight, scales, bias, per_token=per_token(name)))
     return quantized
 
 
@@ -125,32 +120,28 @@ def main(argv: Sequence[str] | None = None) -> None:
                 *divergence(reference, _log_probs(quantized_copy(model, chosen), examples, prompt_length)),
             )
         )
-    per_token_rows = {
-        "all, encoder and fc2 per token": lambda name: (
-            name.startswith("model.encoder.") or name.endswith(".fc2")
-        )
-    }
-    for label, per_token in per_token_rows.items():
-        rows.append(
-            (
-                label,
-                *divergence(
-                    reference,
-                    _log_probs(quantized_copy(model, ROWS["all"], per_token), examples, prompt_length),
+    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    per_token = set(encoder_and_ffn_outputs(linear_names))  # as ptq-int8-per-token
+    rows.append(
+        (
+            "all, encoder and fc2 per token",
+            *divergence(
+                reference,
+                _log_probs(
+                    quantized_copy(model, ROWS["all"], per_token.__contains__), examples, prompt_length
                 ),
-            )
+            ),
         )
-    for alpha in [float(value) for value in args.smooth.split(",") if value]:
-        smoothed = copy.deepcopy(model)
-        groups = whisper_smoothing_groups(smoothed)
+    )
+    alphas = [float(value) for value in args.smooth.split(",") if value]
+    if alphas:  # one calibration: every alpha smooths a copy from the same input ranges
         calibration = calibration_examples(
             calibration_utterances(corpus, manifest, 4), tokenizer, tokens, model.config.num_mel_bins
         )
-        with recording_input_ranges(
-            smoothed, {name for group in groups for name in group.consumers}
-        ) as ranges:
-            run_calibration(smoothed, calibration, progress=False)
-        smooth(smoothed, groups, ranges, alpha)
+        ranges = calibration_ranges(model, calibration, progress=False)
+    for alpha in alphas:
+        smoothed = copy.deepcopy(model)
+        smooth(smoothed, whisper_smoothing_groups(smoothed), ranges, alpha)
         for label in ("all", "all but fc2"):
             quantized = quantized_copy(smoothed, ROWS[label])
             rows.append(
