@@ -16,7 +16,7 @@ from compression.data.corpus import Record, write_index
 from compression.distill.cli import distill_command, quick_eval_command
 from compression.distill.pipeline import run_distillation, variant_quick_scores
 from compression.distill.plan import DistillPlan
-from compression.distill.quick_eval import ALL_LANGUAGES, compare_quick, summarize_quick
+from compression.distill.quick_eval import POOLED_ROW, compare_quick, summarize_quick
 from compression.distill.students import IncompatibleStudentError
 from compression.quantize.methods import quantize_variant
 from model_store.backends.quantized_loading import load_model, weights_format
@@ -188,13 +188,13 @@ def test_quick_comparison_pairs_utterances_per_language_and_pooled() -> None:
     variant = [score_utterance(key, language, text, text) for key, (language, text) in truth.items()]
     variant.append(score_utterance("cs-9", "cs", "ahoj", "ahoj"))  # not in the reference: left out
     compared = compare_quick([s for s in reference if s], [s for s in variant if s], resamples=200)
-    assert set(compared) == {"cs", "en", ALL_LANGUAGES}
-    assert (compared["en"].utterances, compared["cs"].utterances, compared[ALL_LANGUAGES].utterances) == (
+    assert set(compared) == {"cs", "en", POOLED_ROW}
+    assert (compared["en"].utterances, compared["cs"].utterances, compared[POOLED_ROW].utterances) == (
         2,
         1,
         3,
     )
-    pooled = compared[ALL_LANGUAGES]
+    pooled = compared[POOLED_ROW]
     assert pooled.variant_cer == 0.0 and pooled.reference_cer > 0.5
     assert pooled.difference == -pooled.reference_cer and pooled.high < 0 and pooled.verdict == "better"
     same = compare_quick([s for s in reference if s], [s for s in reference if s], resamples=200)
@@ -217,7 +217,7 @@ def test_quick_eval_command_compares_against_a_reference(
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["against"] == "teacher" and set(report["teacher"]) == {"cs", "en"}
-    pooled = report["difference"][ALL_LANGUAGES]
+    pooled = report["difference"][POOLED_ROW]
     assert pooled["utterances"] == 4 and pooled["difference"] == 0 and pooled["verdict"] == "not significant"
 
 

@@ -18,7 +18,7 @@ from compression.distill.cached_decoding import CachedGreedyDecoder
 from compression.training.encoder_cache import EncoderCache
 from model_store.scoring import UtteranceScore, compare_by_language, score_utterance, summarize
 
-ALL_LANGUAGES = "all"  # the pooled row of a comparison: every compared utterance together
+POOLED_ROW = "all"  # the pooled row of a comparison: every compared utterance together
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def summarize_quick(scores: Sequence[UtteranceScore]) -> dict[str, QuickScore]:
 def compare_quick(
     reference: Sequence[UtteranceScore], variant: Sequence[UtteranceScore], *, resamples: int = 1000
 ) -> dict[str, QuickComparison]:
-    """Per language and pooled over all (:data:`ALL_LANGUAGES`): variant against reference on the
+    """Per language and pooled over all (:data:`POOLED_ROW`): variant against reference on the
     utterances both scored, with paired bootstrap intervals of the CER difference."""
     return {
         row.language: QuickComparison(
@@ -83,5 +83,5 @@ def compare_quick(
             high=round(row.difference.high, 4),
             verdict=row.difference.verdict,
         )
-        for row in compare_by_language(reference, variant, resamples=resamples, pooled=ALL_LANGUAGES)
+        for row in compare_by_language(reference, variant, resamples=resamples, pooled=POOLED_ROW)
     }
