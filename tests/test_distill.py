@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,12 @@ from compression.distill.fake_quant import (
     quantize,
     remove_fake_quant,
 )
-from compression.distill.guided import choose_bits, output_sensitivity
+from compression.distill.guided import (
+    choose_bits,
+    cross_attention_states,
+    output_sensitivity,
+    target_logits,
+)
 from compression.distill.losses import FeatureAdapter, dynamic_matching, layer_distances
 from compression.distill.objective import DistillObjective, ffn_features, logits_of, loss_config
 from compression.distill.pipeline import freeze_for_training, quantize_frozen_parts
@@ -35,13 +41,17 @@ from compression.training.checkpoint import PlanMismatchError
 from compression.training.dataset import IGNORE, Batch, CachedBatches, Example
 from compression.training.encoder_cache import EncoderCache
 from compression.training.loop import TrainingOptions, train
+from model_store.backends import lowbit
 from model_store.backends.lowbit import (
     LOWBIT_WEIGHTS_FILENAME,
     load_lowbit,
+    pack_bits,
     pack_int4,
     save_lowbit,
+    unpack_bits,
     unpack_int4,
 )
+from model_store.safetensors_file import save_safetensors
 from model_store.transcription import Audio
 from model_store.whisper_tokens import special_tokens
 from tests.conftest import sine
@@ -177,12 +187,46 @@ def test_int4_packing_round_trip() -> None:
     assert torch.equal(unpack_int4(packed, 9), codes)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
+def test_bitstream_packing_round_trip_across_chunks(monkeypatch: pytest.MonkeyPatch, bits: int) -> None:
+    monkeypatch.setattr(
+        lowbit, "_BITSTREAM_CHUNK", 16
+    )  # 7 x 9 = 63 codes: three whole chunks and a ragged one
+    qmax = 2 ** (bits - 1) - 1
+    codes = torch.randint(
+        -qmax, qmax + 1, (7, 9), generator=torch.Generator().manual_seed(bits), dtype=torch.int8
+    )
+    codes[0, :2] = torch.tensor([-qmax, qmax])  # both ends of the range
+    packed = pack_bits(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (-(-63 * bits // 8),)
+    assert torch.equal(unpack_bits(packed, bits, (7, 9)), codes)
+
+
+def test_version_1_files_with_a_byte_a_code_still_load(
+    tmp_path: Path, teacher: WhisperForConditionalGeneration
+) -> None:
+    model = shrink_student(teacher, 2).model.half().float()
+    specs = {name: QuantSpec(6, "per-channel") for name, _ in decoder_linears(model)}
+    save_lowbit(model, tmp_path, quantized_tensors(model, specs))
+    expected = load_lowbit(tmp_path).state_dict()
+    path = tmp_path / LOWBIT_WEIGHTS_FILENAME
+    tensors = load_file(str(path))
+    for name, _ in decoder_linears(model):  # as version 1 wrote 6-bit codes: int8, no packing entry
+        tensors[f"{name}.codes"] = quantized_tensors(model, {name: specs[name]})[name][0]
+    layers = json.dumps({name: [6, "per-channel"] for name in specs})
+    save_safetensors(tensors, path, metadata={"format": "hush-lowbit", "version": "1", "layers": layers})
+    reloaded = load_lowbit(tmp_path).state_dict()
+    assert all(torch.equal(reloaded[key], value) for key, value in expected.items())
+
+
 @pytest.mark.parametrize(
     ("bits", "granularity"),
     [
         (8, "per-channel"),
         (6, "per-channel"),
         (5, "per-group"),
+        (3, "per-group"),
+        (2, "per-channel"),
         (4, "per-tensor"),
         (4, "per-channel"),
         (4, "per-group"),
@@ -206,13 +250,9 @@ def test_exported_low_bit_weights_reload_to_the_fake_quant_outputs(
     with torch.no_grad():
         torch.testing.assert_close(logits_of(reloaded, hidden, ids), expected, atol=1e-5, rtol=1e-5)
     stored = load_file(str(tmp_path / LOWBIT_WEIGHTS_FILENAME))
-    code_bytes = sum(t.numel() * t.element_size() for name, t in stored.items() if name.endswith(".codes"))
-    linear_weights = sum(linear.weight.numel() for _, linear in decoder_linears(model))
-    stored_bits = 4 if bits == 4 else 8  # 6-bit codes take a byte each
-    assert code_bytes == linear_weights * stored_bits // 8  # real low-bit bytes, not floats
-    codes = [t for name, t in stored.items() if name.endswith(".codes")]
-    if bits == 6:
-        assert max(int(t.abs().max()) for t in codes) <= 31  # within 6-bit range
+    for name, linear in decoder_linears(model):  # real low-bit bytes, not floats: b/8 bytes a weight
+        codes = stored[f"{name}.codes"]
+        assert codes.numel() * codes.element_size() == -(-linear.weight.numel() * bits // 8)
     assert not any(
         name.endswith(".weight") and ".decoder.layers." in name and "norm" not in name for name in stored
     )
@@ -314,7 +354,7 @@ def test_guided_choices_must_be_supported_widths() -> None:
         teacher="t", variant_id="s", languages=("en",), guided_average_bits=6, guided_choices=(8, 4, 6, 4)
     )
     assert plan.guided_choices == (4, 6, 8)
-    for bad in ((), (3, 8), (4, 16)):
+    for bad in ((), (1, 8), (4, 16)):
         with pytest.raises(ValueError, match="guided choices"):
             DistillPlan(
                 teacher="t", variant_id="s", languages=("en",), guided_average_bits=6, guided_choices=bad
@@ -337,6 +377,23 @@ def test_model_output_sensitivity_is_one_kl_scale_and_leaves_the_weights_alone(
         assert 0 <= by_bits[8] < by_bits[4], name  # 4 bits move the output distribution more than 8
     after = model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # every weight restored
+    assert measured["model.decoder.layers.0.encoder_attn.k_proj"][4] > 0  # not read from a stale cache
+
+
+def test_target_logits_with_reused_cross_attention_states_equal_a_full_pass(
+    teacher: WhisperForConditionalGeneration,
+) -> None:
+    model = shrink_student(teacher, 2).model
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 50257]] * 2)
+    labels = ids.roll(-1, dims=1)
+    labels[1, 4:] = IGNORE
+    batch = Batch(("a", "b"), features(), ids, labels)
+    with torch.no_grad():
+        full = logits_of(model, batch.encoder_hidden, ids)[batch.mask]
+        reused = target_logits(model, batch, cross_attention_states(model, batch.encoder_hidden))
+        torch.testing.assert_close(reused, full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(target_logits(model, batch), full, atol=1e-5, rtol=1e-5)
+    assert reused.shape == (int(batch.mask.sum()), model.config.vocab_size)
 
 
 @dataclass(frozen=True)

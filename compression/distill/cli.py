@@ -30,11 +30,9 @@ def distill_command(
     labels: Annotated[str, typer.Option(help="pseudo (teacher, WER-filtered) or gold.")] = "pseudo",
     qad_bits: Annotated[
         int | None,
-        typer.Option(
-            help="Quantization-aware training at 4 to 8 bits (4: packed; 5-8: one byte a code on disk)."
-        ),
+        typer.Option(help="Quantization-aware training at 2 to 8 bits (b bits a code on disk)."),
     ] = None,
-    ptq_bits: Annotated[int | None, typer.Option(help="Quantize after training only (4 to 8 bits).")] = None,
+    ptq_bits: Annotated[int | None, typer.Option(help="Quantize after training only (2 to 8 bits).")] = None,
     guided_bits: Annotated[
         float | None, typer.Option(help="Guided mixed precision at this average bits per weight.")
     ] = None,

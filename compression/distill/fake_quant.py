@@ -24,11 +24,11 @@ MIN_SCALE = 1e-8
 DEFAULT_GROUP_SIZE = 64
 
 
-# Bit widths. 4-bit codes are packed two to a byte; 5- to 8-bit codes take a byte each, so a 6-bit
-# student is 6-bit by DQ-Whisper's size rule but 8-bit in real bytes (the uniform control that guided
-# mixed precision at a 6-bit average is compared with).
-QUANTIZATION_BITS = (4, 5, 6, 7, 8)
-BITS_IN_WORDS = "4, 5, 6, 7 or 8"
+# Bit widths. On disk (model_store.backends.lowbit) a b-bit code takes b bits: 8-bit codes a byte,
+# 4-bit codes two to a byte, the other widths a packed bitstream, so real bytes follow the DQ-Whisper
+# size rule at every width (2 bits is ternary: codes -1, 0, 1).
+QUANTIZATION_BITS = (2, 3, 4, 5, 6, 7, 8)
+BITS_IN_WORDS = "2, 3, 4, 5, 6, 7 or 8"
 
 
 @dataclass(frozen=True)

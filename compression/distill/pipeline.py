@@ -207,7 +207,13 @@ def run_distillation(
     if plan.guided_average_bits is not None:  # on whole batches: every process must choose the same bits
         calibration = [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))]
         sens = measure_sensitivity(
-            plan.guided_measure, model, calibration, plan.guided_choices, plan.granularity, plan.group_size
+            plan.guided_measure,
+            model,
+            calibration,
+            plan.guided_choices,
+            plan.granularity,
+            plan.group_size,
+            progress,
         )
         sizes = linear_sizes(model)
         bits = choose_bits(sens, sizes, plan.guided_average_bits, plan.guided_choices)

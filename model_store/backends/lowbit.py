@@ -1,17 +1,22 @@
-"""Weight-only low-bit Whisper checkpoints: int8 or packed int4 codes with float scales, per Linear.
+"""Weight-only low-bit Whisper checkpoints: 2- to 8-bit codes with float scales, per Linear.
 
 What quantization-aware distillation and guided mixed precision export (``weights_format``
 ``hush-lowbit``). The file ``model.lowbit.safetensors``, beside the checkpoint's ``config.json``:
 
-* for each quantized Linear ``<name>``: ``<name>.codes`` (8 bits: int8 ``(out, in)``; 4 bits: uint8
-  ``(out, ceil(in / 2))``, two codes per byte, low nibble first, each stored as ``code + 8``) and
+* for each quantized Linear ``<name>``: ``<name>.codes``, packed as its layer entry says (below):
+  ``int8``: int8 ``(out, in)``; ``nibbles``: uint8 ``(out, ceil(in / 2))``, two codes per byte, low
+  nibble first, each stored as ``code + 8``; ``bitstream``: uint8 ``(ceil(out * in * bits / 8),)``,
+  the codes row by row, each as ``code + 2^(bits-1)`` in ``bits`` bits, least significant bit first,
+  so a b-bit Linear takes b/8 bytes a weight on disk. And
   ``<name>.scale`` float32, ``(out, 1)`` per channel, ``(1, 1)`` per tensor or ``(out, in / g)`` per
   group of ``g`` consecutive input columns; ``w = code * scale`` (each scale repeated over its group);
 * every other tensor (embeddings, layer norms, Linears kept at 16 bits) in float16;
 * the output projection tied to the token embedding is stored once: as the embedding (float16), or,
   when the output projection itself is quantized, as its codes, the embedding lookup then reading
   the same dequantized rows;
-* the safetensors metadata ``layers``: JSON ``{name: [bits, granularity]}``.
+* the safetensors metadata ``layers``: JSON ``{name: [bits, granularity, packing]}``; 8 bits are
+  stored ``int8``, 4 bits ``nibbles``, 2, 3, 5, 6 and 7 bits ``bitstream``. Version 1 files had no
+  packing entry and stored every width but 4 as ``int8``; they load unchanged.
 
 Loading dequantizes the codes into ordinary float Linears, so the reloaded model computes exactly
 what the fake-quantized model computed in training (weight-only quantization: the saving is on disk
@@ -35,10 +40,11 @@ logger = logging.getLogger(__name__)
 
 LOWBIT_WEIGHTS_FILENAME = "model.lowbit.safetensors"
 FORMAT_NAME = "hush-lowbit"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 FLOAT_STORAGE = torch.float16
 _NIBBLE_OFFSET = 8  # int4 codes -7..7 stored as 1..15 in a nibble
 _TIED = ("proj_out.weight", "model.decoder.embed_tokens.weight")
+_BITSTREAM_CHUNK = 1 << 20  # codes packed or unpacked at a time (a multiple of 8: chunks are byte-aligned)
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -59,6 +65,63 @@ def unpack_int4(packed: torch.Tensor, columns: int) -> torch.Tensor:
     return codes[:, :columns]
 
 
+def packing_for(bits: int) -> str:
+    """How codes of ``bits`` bits are stored (see the module docstring)."""
+    return "int8" if bits == 8 else "nibbles" if bits == 4 else "bitstream"
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes within +-(2^(bits-1) - 1) to a uint8 bitstream of ``ceil(codes.numel() * bits / 8)`` bytes,
+    ``bits`` bits a code, least significant first, in row-major order."""
+    flat = (codes.reshape(-1).to(torch.int16) + (1 << (bits - 1))).to(torch.uint8)
+    code_shifts = torch.arange(bits, dtype=torch.uint8)
+    byte_shifts = torch.arange(8, dtype=torch.uint8)
+    parts = []
+    for start in range(0, flat.numel(), _BITSTREAM_CHUNK):
+        planes = (flat[start : start + _BITSTREAM_CHUNK].unsqueeze(1) >> code_shifts) & 1  # (codes, bits)
+        stream = planes.reshape(-1)
+        stream = nn.functional.pad(stream, (0, -stream.numel() % 8))  # only the last chunk is ragged
+        parts.append((stream.reshape(-1, 8) << byte_shifts).sum(dim=1, dtype=torch.uint8))
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: int8 codes of ``shape``, a chunk at a time (no full-size
+    temporaries wider than the result)."""
+    count = shape[0] * shape[1]
+    codes = torch.empty(count, dtype=torch.int8)
+    code_shifts = torch.arange(bits, dtype=torch.uint8)
+    byte_shifts = torch.arange(8, dtype=torch.uint8)
+    chunk_bytes = _BITSTREAM_CHUNK * bits // 8
+    for index, start in enumerate(range(0, count, _BITSTREAM_CHUNK)):
+        size = min(_BITSTREAM_CHUNK, count - start)
+        first = index * chunk_bytes
+        part = packed[first : first + (size * bits + 7) // 8]
+        stream = ((part.unsqueeze(1) >> byte_shifts) & 1).reshape(-1)[: size * bits].reshape(size, bits)
+        values = (stream << code_shifts).sum(dim=1, dtype=torch.int16) - (1 << (bits - 1))
+        codes[start : start + size] = values.to(torch.int8)
+    return codes.reshape(shape)
+
+
+def _packed(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    packing = packing_for(bits)
+    if packing == "nibbles":
+        return pack_int4(codes)
+    if packing == "bitstream":
+        return pack_bits(codes, bits)
+    return codes.to(torch.int8).contiguous()
+
+
+def _unpacked(stored: torch.Tensor, bits: int, packing: str, shape: tuple[int, int]) -> torch.Tensor:
+    if packing == "nibbles":
+        return unpack_int4(stored, shape[1])
+    if packing == "bitstream":
+        return unpack_bits(stored, bits, shape)
+    if packing != "int8":
+        raise ValueError(f"unknown packing {packing!r} of {bits}-bit codes")
+    return stored
+
+
 def save_lowbit(
     model: WhisperForConditionalGeneration,
     directory: Path,
@@ -75,11 +138,9 @@ def save_lowbit(
             continue  # stored once, as the output projection's codes
         if module_name in quantized and kind == "weight":
             codes, scale, bits, granularity = quantized[module_name]
-            state[f"{module_name}.codes"] = (
-                pack_int4(codes) if bits == 4 else codes.to(torch.int8).contiguous()
-            )
+            state[f"{module_name}.codes"] = _packed(codes, bits)
             state[f"{module_name}.scale"] = scale.float().contiguous()
-            layers[module_name] = [bits, granularity]
+            layers[module_name] = [bits, granularity, packing_for(bits)]
         elif name == _TIED[0] and tied:
             continue
         else:
@@ -138,13 +199,15 @@ def load_lowbit(
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     floats: dict[str, torch.Tensor] = {}
-    for name, (bits, _granularity) in layers.items():
-        codes = state.pop(f"{name}.codes")
+    for name, entry in layers.items():
+        bits = int(entry[0])  # type: ignore[call-overload]
+        packing = str(entry[2]) if len(entry) > 2 else "nibbles" if bits == 4 else "int8"  # version 1
         scale = state.pop(f"{name}.scale")
         linear = model.get_submodule(name)
         assert isinstance(linear, nn.Linear), f"{name} names a Linear"
-        if bits == 4:
-            codes = unpack_int4(codes, linear.in_features)
+        codes = _unpacked(
+            state.pop(f"{name}.codes"), bits, packing, (linear.out_features, linear.in_features)
+        )
         floats[f"{name}.weight"] = dequantize(codes, scale)
     floats.update(state)
     _fill_tied(floats)
