@@ -34,6 +34,15 @@ class SpecialTokens:
     languages: dict[str, int]  # empty for English-only models
 
 
+def transcription_prompt(tokens: SpecialTokens, language: str) -> list[int]:
+    """The decoder prompt of greedy transcription without timestamps, as training and calibration
+    teacher-force it: ``<|startoftranscript|><|xx|><|transcribe|><|notimestamps|>``; English-only
+    models have no language or task token."""
+    if not tokens.languages:
+        return [tokens.sot, tokens.no_timestamps]
+    return [tokens.sot, tokens.languages[language], tokens.transcribe, tokens.no_timestamps]
+
+
 def load_tokenizer(tokenizer_json: Path) -> WhisperTokenizer:
     """The tokenizer, with the 1501 timestamp tokens appended when the file lacks them."""
     tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_json))

@@ -18,7 +18,7 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 from model_store.backends.experts.attach import ExpertModel
 from model_store.backends.transformers_backend import TransformersWindowDecoder
 from model_store.transcription import TranscribeOptions
-from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
+from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens, transcription_prompt
 
 MAX_NEW_TOKENS = MAX_TARGET_LENGTH // 2  # OpenAI Whisper's sample_len
 # Stop a looping window early where hush eval does: the default compression-ratio threshold.
@@ -49,12 +49,7 @@ class CachedGreedyDecoder:
         self._dtype = dtype
 
     def prompt(self, language: str) -> list[int]:
-        return [
-            self.tokens.sot,
-            self.tokens.languages[language],
-            self.tokens.transcribe,
-            self.tokens.no_timestamps,
-        ]
+        return transcription_prompt(self.tokens, language)
 
     def token_ids(self, hidden: torch.Tensor, language: str) -> list[int]:
         encoded = hidden.unsqueeze(0).to(self.device, self._dtype)

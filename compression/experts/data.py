@@ -12,7 +12,7 @@ from transformers import WhisperTokenizer
 
 from compression.data.corpus import Utterance
 from compression.experts.losses import IGNORE_INDEX
-from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
+from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens, transcription_prompt
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Example:
 
 def make_example(utterance: Utterance, tokenizer: WhisperTokenizer, tokens: SpecialTokens) -> Example:
     """Teacher forcing on the gold transcript, as Whisper is trained (text without timestamps)."""
-    prompt = [tokens.sot, tokens.languages[utterance.language], tokens.transcribe, tokens.no_timestamps]
+    prompt = transcription_prompt(tokens, utterance.language)
     text = list(tokenizer.encode(" " + utterance.text.strip(), add_special_tokens=False))
     sequence = [*prompt, *text, tokens.eot][:MAX_TARGET_LENGTH]
     labels = [IGNORE_INDEX] * (len(prompt) - 1) + sequence[len(prompt) :]

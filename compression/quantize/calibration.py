@@ -19,7 +19,7 @@ from compression.training.selection import select_utterances
 from model_store.errors import HushError
 from model_store.features import log_mel_spectrogram, window
 from model_store.manifest import Manifest
-from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
+from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens, transcription_prompt
 
 
 class CalibrationError(HushError, ValueError):
@@ -61,18 +61,10 @@ def calibration_examples(
     for utterance in utterances:
         features = window(log_mel_spectrogram(utterance.load_audio(), n_mels), 0).unsqueeze(0)
         text = tokenizer.encode(" " + utterance.text.strip(), add_special_tokens=False)
-        ids = [*decoder_prompt(tokens, utterance.language), *text][:MAX_TARGET_LENGTH]
+        ids = [*transcription_prompt(tokens, utterance.language), *text][:MAX_TARGET_LENGTH]
         decoder_input_ids = torch.tensor([ids], dtype=torch.long)
         examples.append(CalibrationExample(utterance.id, utterance.language, features, decoder_input_ids))
     return examples
-
-
-def decoder_prompt(tokens: SpecialTokens, language: str) -> list[int]:
-    """``<|startoftranscript|><|xx|><|transcribe|><|notimestamps|>``; English-only models have no
-    language or task token."""
-    if not tokens.languages:
-        return [tokens.sot, tokens.no_timestamps]
-    return [tokens.sot, tokens.languages[language], tokens.transcribe, tokens.no_timestamps]
 
 
 @torch.inference_mode()

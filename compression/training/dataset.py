@@ -17,10 +17,9 @@ import torch
 
 from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache
-from model_store.whisper_tokens import SpecialTokens
+from model_store.whisper_tokens import SpecialTokens, transcription_prompt
 
 IGNORE = -100
-PROMPT_LENGTH = 4  # sot, language, task, notimestamps
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,10 @@ def decoder_sequences(
     inputs: list[list[int]] = []
     labels: list[list[int]] = []
     for example in examples:
-        prompt = [tokens.sot, tokens.languages[example.language], tokens.transcribe, tokens.no_timestamps]
-        text = list(example.tokens)[: max_length - PROMPT_LENGTH]
+        prompt = transcription_prompt(tokens, example.language)
+        text = list(example.tokens)[: max_length - len(prompt)]
         inputs.append(prompt + text)
-        labels.append([IGNORE] * (PROMPT_LENGTH - 1) + text + [tokens.eot])
+        labels.append([IGNORE] * (len(prompt) - 1) + text + [tokens.eot])
     width = max(len(row) for row in inputs)
     input_ids = torch.full((len(inputs), width), tokens.eot, dtype=torch.long)
     label_ids = torch.full((len(inputs), width), IGNORE, dtype=torch.long)

@@ -28,14 +28,13 @@ from compression.quantize.calibration import (
     calibration_examples,
     calibration_utterances,
     covered_languages,
-    decoder_prompt,
 )
 from compression.quantize.smoothed_parent import calibration_ranges
 from compression.quantize.smoothing import smooth, whisper_smoothing_groups
 from compression.quantize.torch_int8 import encoder_and_ffn_outputs
 from compression.training.selection import select_utterances
 from model_store.backends.int8_dynamic import _per_channel_int8, int8_layer
-from model_store.whisper_tokens import special_tokens
+from model_store.whisper_tokens import special_tokens, transcription_prompt
 
 Selection = Callable[[str], bool]
 ROWS: dict[str, Selection] = {
@@ -109,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     languages = covered_languages(corpus, manifest)
     held_out = select_utterances(corpus, "dev", languages, args.per_language, seed=1)
     examples = calibration_examples(held_out, tokenizer, tokens, model.config.num_mel_bins)
-    prompt_length = len(decoder_prompt(tokens, languages[0]))
+    prompt_length = len(transcription_prompt(tokens, languages[0]))
     reference = _log_probs(model, examples, prompt_length)
 
     rows: list[tuple[str, float, float]] = []
