@@ -26,7 +26,14 @@ from compression.distill.guided import (
     output_sensitivity,
     target_logits,
 )
-from compression.distill.losses import FeatureAdapter, dynamic_matching, layer_distances
+from compression.distill.guided_matching import choose_matching
+from compression.distill.losses import (
+    FeatureAdapter,
+    dynamic_matching,
+    layer_distances,
+    matched_distance,
+    most_distant_layers,
+)
 from compression.distill.objective import DistillObjective, ffn_features, logits_of, loss_config
 from compression.distill.pipeline import freeze_for_training, quantize_frozen_parts
 from compression.distill.plan import DistillPlan
@@ -125,6 +132,62 @@ def test_dynamic_matching_is_the_monotone_greedy_argmin() -> None:
     assert dynamic_matching(distances) == [1, 3, 5]
     same = torch.tensor([[0.5, 0.1, 0.9], [0.9, 0.2, 0.3]])
     assert dynamic_matching(same) == [1, 1]  # "at or after" the previous match
+
+
+def test_guided_matching_keeps_the_layers_furthest_from_their_match() -> None:
+    distances = torch.tensor(
+        [
+            [0.1, 0.5, 0.9],  # matched to 0 at 0.1
+            [0.9, 0.8, 0.6],  # matched to 2 at 0.6
+            [0.9, 0.9, 0.3],  # matched to 2 at 0.3
+        ]
+    )
+    matching = dynamic_matching(distances)
+    assert matching == [0, 2, 2]
+    assert most_distant_layers(distances, matching, 1) == [1]
+    assert most_distant_layers(distances, matching, 2) == [1, 2]  # in layer order
+    assert most_distant_layers(distances, matching, 3) == [0, 1, 2]
+    assert matched_distance(distances, matching, [1, 2]).item() == pytest.approx(0.9)
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="can match 1 to 3"):
+            most_distant_layers(distances, matching, bad)
+
+
+def test_guided_objective_distils_only_the_chosen_layers(teacher: WhisperForConditionalGeneration) -> None:
+    student = shrink_student(teacher, 2).model
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 50257]] * 2)
+    labels = ids.roll(-1, dims=1)
+    labels[:, :3] = IGNORE
+    batch = Batch(("a", "b"), features(), ids, labels)
+    adapter = FeatureAdapter(256, 256)
+    chosen = choose_matching(student, teacher, adapter, [batch], 1)
+    assert len(chosen.matching) == 2 and len(chosen.layers) == 1 and len(chosen.distances) == 2
+    (layer,) = chosen.layers
+    per_layer = [chosen.distances[i][chosen.matching[i]] for i in range(2)]
+    assert per_layer[layer] == max(per_layer)  # the student layer furthest from its teacher layer
+    config = loss_config("dq-whisper", matching="guided")
+    objective = DistillObjective(student, config, teacher, adapter, chosen.matching, None, chosen.layers)
+    with torch.no_grad():
+        hidden = objective(batch).parts["hidden"]
+    assert hidden == pytest.approx(per_layer[layer], rel=1e-4)  # one layer matched: M = 1
+    with pytest.raises(ValueError, match="guided matching needs the student layers"):
+        DistillObjective(student, config, teacher, adapter, chosen.matching, None, None)
+
+
+def test_guided_matching_needs_a_hidden_state_preset() -> None:
+    with pytest.raises(ValueError, match="needs a preset with hidden-state distillation"):
+        DistillPlan(
+            teacher="t", variant_id="s", languages=("en",), guided_match_layers=1, preset="distil-whisper"
+        )
+    with pytest.raises(ValueError, match="chooses the matching"):
+        DistillPlan(
+            teacher="t",
+            variant_id="s",
+            languages=("en",),
+            guided_match_layers=1,
+            preset="dq-whisper",
+            matching="static",
+        )
 
 
 def test_layer_distances_find_the_copied_layer(teacher: WhisperForConditionalGeneration) -> None:

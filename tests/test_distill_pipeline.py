@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -143,6 +144,33 @@ def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStor
     assert set(manifest.recipe.args["guided"]["sensitivity"]["model.decoder.layers.0.fc1"]) == {"4", "6", "8"}
     assert 4.0 < manifest.recipe.args["guided"]["average_bits"] <= 6.0
     assert set(manifest.recipe.args["guided"]["sensitivity"]) == set(bits)
+
+
+def test_guided_matching_is_chosen_before_training_and_recorded(
+    setup: tuple[HushSettings, ModelStore],
+) -> None:
+    settings, store = setup
+    plan = DistillPlan(
+        teacher="teacher",
+        variant_id="student-guided-match",
+        languages=("en", "cs"),
+        decoder_layers=2,
+        preset="dq-whisper",
+        labels="gold",
+        guided_match_layers=1,
+        steps=2,
+        batch_size=2,
+        eval_dev=False,
+    )
+    outcome = run_distillation(settings, store, plan, progress=False)
+    assert outcome is not None
+    recorded = store.get("student-guided-match").recipe.args["guided_matching"]
+    assert len(recorded["layers"]) == 1 and len(recorded["matching"]) == 2
+    matched = {",".join(map(str, recorded["matching"])): 2}
+    assert outcome.report["training"]["matchings"] == matched  # fixed through training
+    too_many = dataclasses.replace(plan, variant_id="too-many", guided_match_layers=3)
+    with pytest.raises(IncompatibleStudentError, match="only 2 decoder layers"):
+        run_distillation(settings, store, too_many, progress=False)
 
 
 def test_quick_eval_reads_the_split_it_is_given(setup: tuple[HushSettings, ModelStore]) -> None:

@@ -25,7 +25,9 @@ def distill_command(
         str | None, typer.Option(help="A smaller pretrained Whisper directory as the student.")
     ] = None,
     preset: Annotated[str, typer.Option(help=f"Loss preset: {', '.join(LOSS_PRESETS)}.")] = "distil-whisper",
-    matching: Annotated[str | None, typer.Option(help="Hidden-state matching: static or dynamic.")] = None,
+    matching: Annotated[
+        str | None, typer.Option(help="Hidden-state matching: static or dynamic (--guided-match: guided).")
+    ] = None,
     temperature: Annotated[float | None, typer.Option(help="Override the preset's temperature.")] = None,
     labels: Annotated[str, typer.Option(help="pseudo (teacher, WER-filtered) or gold.")] = "pseudo",
     qad_bits: Annotated[
@@ -46,6 +48,13 @@ def distill_command(
             "model-output (KL of the model's next-token distribution with that Linear quantized)."
         ),
     ] = "linear-output",
+    guided_match: Annotated[
+        int | None,
+        typer.Option(
+            help="Distil hidden states into only this many student layers: those furthest from their "
+            "teacher layer, measured before training (needs the dq-whisper preset)."
+        ),
+    ] = None,
     granularity: Annotated[
         str,
         typer.Option(help="Scales per-channel, per-tensor, or per-group (of --group-size input columns)."),
@@ -99,6 +108,7 @@ def distill_command(
             guided_average_bits=guided_bits,
             guided_measure=guided_measure,  # type: ignore[arg-type]  # checked by DistillPlan
             guided_choices=tuple(int(bits) for bits in guided_choices.split(",") if bits.strip()),
+            guided_match_layers=guided_match,
             granularity=granularity,  # type: ignore[arg-type]
             group_size=group_size,
             quantize_scope=quantize_scope,  # type: ignore[arg-type]  # checked by DistillPlan

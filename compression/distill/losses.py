@@ -11,7 +11,10 @@
   to the KL, so the default ``standardize`` (zero mean, unit variance per token) keeps ``d`` of order 1.
 * matching: ``static`` pairs each student layer with a fixed teacher layer; ``dynamic_matching`` is
   DQ-Whisper's per-batch monotone greedy choice: student layers in order, each takes the teacher
-  layer at or after the previous match with the smallest distance.
+  layer at or after the previous match with the smallest distance; ``guided`` (the guided paper's
+  "which layers to distil") fixes, before training, the dynamic matching of the distances averaged
+  over calibration batches and keeps only the ``K`` student layers with the largest matched distance
+  (``most_distant_layers``).
 """
 
 from __future__ import annotations
@@ -94,6 +97,18 @@ def dynamic_matching(distances: torch.Tensor) -> list[int]:
     return chosen
 
 
-def matched_distance(distances: torch.Tensor, matching: Sequence[int]) -> torch.Tensor:
-    """Sum of the chosen ``d(i, matching[i])``."""
-    return torch.stack([distances[i, j] for i, j in enumerate(matching)]).sum()
+def matched_distance(
+    distances: torch.Tensor, matching: Sequence[int], layers: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Sum of the chosen ``d(i, matching[i])``, over the student ``layers`` given (default: all)."""
+    chosen = range(len(matching)) if layers is None else layers
+    return torch.stack([distances[i, matching[i]] for i in chosen]).sum()
+
+
+def most_distant_layers(distances: torch.Tensor, matching: Sequence[int], count: int) -> list[int]:
+    """The ``count`` student layers whose matched distance is largest (in layer order): where the
+    student is furthest from its teacher layer, so where hidden-state guidance has the most to teach."""
+    if not 1 <= count <= len(matching):
+        raise ValueError(f"can match 1 to {len(matching)} student layers, not {count}")
+    matched = torch.stack([distances[i, j] for i, j in enumerate(matching)])
+    return sorted(int(i) for i in torch.topk(matched, count).indices)

@@ -7,6 +7,8 @@ Presets (``LOSS_PRESETS``):
 * ``distil-whisper``: ``0.8 * CE + 1.0 * KL``, ``T = 2`` (Distil-Whisper's released code);
 * ``dq-whisper``: ``0.1 * CE + 0.9 * (L_hid / M + KL)``, ``T = 1``, dynamic matching (DQ-Whisper).
 
+With ``guided`` matching only the chosen student layers are matched, and ``M`` is their number.
+
 Teacher and student run teacher-forced on the same decoder inputs; the teacher in ``no_grad`` and
 eval mode. FFN features are read by forward pre-hooks on each decoder layer's ``fc2`` (its input is
 ``GELU(fc1(x))``); the causal mask is the model's own (DQ-Whisper's side branch omitted it).
@@ -38,7 +40,7 @@ from compression.distill.teacher_memo import TeacherMemo
 from compression.training.dataset import Batch
 from compression.training.loop import LossTerms
 
-Matching = Literal["none", "static", "dynamic"]
+Matching = Literal["none", "static", "dynamic", "guided"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.hidden > 0 and self.matching == "none":
-            raise ValueError("a hidden-state weight needs matching 'static' or 'dynamic'")
+            raise ValueError("a hidden-state weight needs matching 'static', 'dynamic' or 'guided'")
+        if self.matching not in ("none", "static", "dynamic", "guided"):
+            raise ValueError(f"matching must be static, dynamic or guided, not {self.matching!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
 
@@ -116,18 +120,22 @@ class DistillObjective:
         adapter: FeatureAdapter | None = None,
         static_matching: Sequence[int] | None = None,
         memo: TeacherMemo | None = None,
+        matched_layers: Sequence[int] | None = None,
     ) -> None:
         if config.needs_teacher and teacher is None:
             raise ValueError("this loss needs a teacher")
         if config.hidden > 0 and adapter is None:
             raise ValueError("hidden-state distillation needs a FeatureAdapter")
-        if config.matching == "static" and static_matching is None:
-            raise ValueError("static matching needs the teacher layer of each student layer")
+        if config.matching in ("static", "guided") and static_matching is None:
+            raise ValueError(f"{config.matching} matching needs the teacher layer of each student layer")
+        if config.matching == "guided" and not matched_layers:
+            raise ValueError("guided matching needs the student layers it matches")
         self.student = student
         self.teacher = teacher
         self.adapter = adapter
         self.config = config
         self.static_matching = list(static_matching or [])
+        self.matched_layers = list(matched_layers) if config.matching == "guided" and matched_layers else None
         self.memo = memo
         self.matches: Counter[tuple[int, ...]] = Counter()  # how often each matching was chosen
         if teacher is not None:
@@ -159,7 +167,8 @@ class DistillObjective:
                 )
                 if torch.is_grad_enabled():  # count training steps, not evaluations
                     self.matches[tuple(matching)] += 1
-                hidden = matched_distance(distances, matching) / len(student_features)
+                layers = self.matched_layers
+                hidden = matched_distance(distances, matching, layers) / len(layers or student_features)
                 loss = loss + config.hidden * hidden
                 parts["hidden"] = float(hidden.item())
         return LossTerms(loss, parts, batch.target_tokens)

@@ -32,6 +32,7 @@ from compression.distill.fake_quant import (
     quantize_in_place,
 )
 from compression.distill.guided import choose_bits, linear_sizes, measure_sensitivity
+from compression.distill.guided_matching import choose_matching
 from compression.distill.losses import FeatureAdapter
 from compression.distill.objective import DistillObjective, loss_config
 from compression.distill.plan import DistillPlan
@@ -161,6 +162,11 @@ def run_distillation(
         teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
         teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
         student, frozen_specs = quantize_frozen_parts(plan, build_student(plan, teacher, store))
+        layers = student.model.config.decoder_layers
+        if plan.guided_match_layers is not None and plan.guided_match_layers > layers:
+            raise IncompatibleStudentError(
+                f"--guided-match {plan.guided_match_layers}: the student has only {layers} decoder layers"
+            )
         student_cache = teacher_cache
         if not student.shares_encoder:
             student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
@@ -204,8 +210,12 @@ def run_distillation(
         teacher_cache=None if student.shares_encoder else teacher_cache,
         ranks=ranks,
     )
-    if plan.guided_average_bits is not None:  # on whole batches: every process must choose the same bits
-        calibration = [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))]
+    # guided choices are made on whole batches: every process must choose the same
+    guided = plan.guided_average_bits is not None or plan.guided_match_layers is not None
+    calibration = (
+        [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))] if guided else []
+    )
+    if plan.guided_average_bits is not None:
         sens = measure_sensitivity(
             plan.guided_measure,
             model,
@@ -232,14 +242,22 @@ def run_distillation(
         apply_fake_quant(model, specs)  # QAD: train through the quantizer (guided is QAD at mixed bits)
 
     # 6: training
-    config = loss_config(plan.preset, matching=plan.matching, temperature=plan.temperature)
+    matching_mode = "guided" if plan.guided_match_layers is not None else plan.matching
+    config = loss_config(plan.preset, matching=matching_mode, temperature=plan.temperature)
     adapter = None
     if config.hidden > 0:
         adapter = FeatureAdapter(teacher.config.decoder_ffn_dim, model.config.decoder_ffn_dim)
     memo = TeacherMemo(settings.cache_dir / "teacher", teacher_fingerprint) if config.needs_teacher else None
-    objective = DistillObjective(
-        model, config, teacher, adapter, _static_matching(student, teacher.config.decoder_layers), memo
-    )
+    matching = _static_matching(student, teacher.config.decoder_layers)
+    matched_layers = None
+    if plan.guided_match_layers is not None:
+        assert adapter is not None, "DistillPlan checks that the preset distils hidden states"
+        chosen = choose_matching(
+            model, teacher, adapter, calibration, plan.guided_match_layers, config.feature_norm
+        )
+        matching, matched_layers = chosen.matching, chosen.layers
+        report["guided_matching"] = asdict(chosen)
+    objective = DistillObjective(model, config, teacher, adapter, matching, memo, matched_layers)
     if plan.steps > 0:
         freeze_for_training(model, plan.train_embeddings)
         trainable: dict[str, torch.nn.Module] = {"student": model}
@@ -320,7 +338,7 @@ def _publish(
             "sizes": sizes,
             **{k: report[k] for k in ("corpus", "corpus_sha256", "train_utterances") if k in report},
         }
-        for key in ("pseudo_labels", "training", "guided"):
+        for key in ("pseudo_labels", "training", "guided", "guided_matching"):
             if key in report:
                 recipe_args[key] = report[key]
         dtype = (

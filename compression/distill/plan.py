@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from compression.distill.fake_quant import BITS_IN_WORDS, QUANTIZATION_BITS, Granularity
 from compression.distill.guided import SENSITIVITY_MEASURES, SensitivityMeasure
-from compression.distill.objective import Matching
+from compression.distill.objective import LOSS_PRESETS, Matching
 
 Labels = Literal["pseudo", "gold"]
 QuantizeScope = Literal["decoder", "model"]
@@ -38,6 +38,9 @@ class DistillPlan:
     guided_average_bits: float | None = None  # guided mixed precision at this average bits per weight
     guided_choices: tuple[int, ...] = (4, 8)  # the bit widths guided chooses from for each Linear
     guided_measure: SensitivityMeasure = "linear-output"  # how guided measures sensitivity (guided.py)
+    guided_match_layers: int | None = (
+        None  # distil hidden states into only this many student layers (guided_matching.py)
+    )
     train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
     steps: int = 200
     batch_size: int = 8
@@ -60,6 +63,17 @@ class DistillPlan:
             raise ValueError(
                 f"guided measure must be one of {', '.join(SENSITIVITY_MEASURES)}, not {self.guided_measure!r}"
             )
+        if self.guided_match_layers is not None:
+            if self.guided_match_layers < 1:
+                raise ValueError(f"--guided-match needs at least one layer, not {self.guided_match_layers}")
+            if self.matching not in (None, "guided"):
+                raise ValueError(
+                    f"--guided-match chooses the matching; do not also ask for {self.matching!r}"
+                )
+            if self.preset not in LOSS_PRESETS or LOSS_PRESETS[self.preset].hidden <= 0:
+                raise ValueError(
+                    f"--guided-match needs a preset with hidden-state distillation (dq-whisper), not {self.preset!r}"
+                )
         if self.granularity not in ("per-channel", "per-tensor", "per-group"):
             raise ValueError(
                 f"granularity must be per-channel, per-tensor or per-group, not {self.granularity!r}"
