@@ -19,7 +19,7 @@ from compression.importers.whisper_assets import ct2_generation_settings, genera
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from model_store.transcription import Transcriber
-from model_store.whisper_tokens import load_tokenizer, special_tokens
+from model_store.whisper_tokens import SpecialTokens, load_tokenizer, special_tokens
 
 
 def tiny_random_whisper(seed: int = 0, *, d_model: int = 64, layers: int = 2) -> ImportedWhisper:
@@ -83,3 +83,20 @@ def recorded_encoder_inputs(transcriber: Transcriber) -> list[int]:
 
     decoder.encode = encode
     return frames
+
+
+def multilingual_special_tokens(languages: dict[str, int]) -> SpecialTokens:
+    """Multilingual Whisper's special token ids, without loading a tokenizer (``languages``: code -> id;
+    empty for an English-only model)."""
+    return SpecialTokens(
+        eot=50257,
+        sot=50258,
+        translate=50358,
+        transcribe=50359,
+        start_of_lm=50360,
+        start_of_prev=50361,
+        no_speech=50362,
+        no_timestamps=50363,
+        timestamp_begin=50364,
+        languages=languages,
+    )

@@ -13,20 +13,9 @@ from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import CHUNK_FRAMES, Audio, TranscribeOptions
-from model_store.whisper_tokens import SpecialTokens
+from tests.factories import multilingual_special_tokens
 
-TOKENS = SpecialTokens(
-    eot=50257,
-    sot=50258,
-    translate=50358,
-    transcribe=50359,
-    start_of_lm=50360,
-    start_of_prev=50361,
-    no_speech=50362,
-    no_timestamps=50363,
-    timestamp_begin=50364,
-    languages={"en": 50259},
-)
+TOKENS = multilingual_special_tokens({"en": 50259})
 
 
 def ts(seconds: float) -> int:

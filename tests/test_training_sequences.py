@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from compression.training.dataset import IGNORE, Example, decoder_sequences
-from model_store.whisper_tokens import SpecialTokens, transcription_prompt
+from model_store.whisper_tokens import transcription_prompt
+from tests.factories import multilingual_special_tokens
 
-MULTILINGUAL = SpecialTokens(
-    eot=50257,
-    sot=50258,
-    translate=50358,
-    transcribe=50359,
-    start_of_lm=50360,
-    start_of_prev=50361,
-    no_speech=50362,
-    no_timestamps=50363,
-    timestamp_begin=50364,
-    languages={"en": 50259, "de": 50261},
-)
-ENGLISH_ONLY = dataclasses.replace(MULTILINGUAL, languages={})
+MULTILINGUAL = multilingual_special_tokens({"en": 50259, "de": 50261})
+ENGLISH_ONLY = multilingual_special_tokens({})
 
 
 def test_the_prompt_names_language_and_task_only_for_multilingual_models() -> None:
