@@ -61,8 +61,9 @@ def store_ls() -> None:
         return
     id_width = max(28, *(len(manifest.id) for manifest in manifests))  # columns stay aligned
     recipe_width = max(12, *(len(manifest.recipe.method) for manifest in manifests))
+    dtype_width = max(8, *(len(manifest.dtype) for manifest in manifests))  # mixed precision: int2/3/4/5/6
     header = (
-        f"{'id':<{id_width}} {'recipe':<{recipe_width}} {'tier':<6} {'device':<6} {'dtype':<8} {'size':>9} "
+        f"{'id':<{id_width}} {'recipe':<{recipe_width}} {'tier':<6} {'device':<6} {'dtype':<{dtype_width}} {'size':>9} "
         f"{'langs':<11} {'CER':>6} {'ms/s':>7}"
     )
     typer.echo(header)
@@ -79,7 +80,7 @@ def store_ls() -> None:
         typer.echo(
             f"{manifest.id:<{id_width}} {manifest.recipe.method:<{recipe_width}} {manifest.size_tier:<6} "
             f"{manifest.device:<6} "
-            f"{manifest.dtype:<8} {_human_bytes(manifest.bytes_on_disk):>9} {languages:<11} {cer:>6} {latency:>7}"
+            f"{manifest.dtype:<{dtype_width}} {_human_bytes(manifest.bytes_on_disk):>9} {languages:<11} {cer:>6} {latency:>7}"
         )
 
 

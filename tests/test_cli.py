@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -93,3 +94,19 @@ def test_store_ls_keeps_columns_aligned_past_long_ids(tmp_path: Path) -> None:
     assert len(rows) == 3 and any(row.startswith(long_id + " ") for row in rows)
     second_column = {re.match(r"\S+\s+", row).end() for row in rows}  # type: ignore[union-attr]
     assert second_column == {len(long_id) + 1}
+
+
+def test_store_ls_keeps_columns_aligned_past_long_mixed_precision_dtypes(tmp_path: Path) -> None:
+    from tests.factories import store_with_tiny_variants
+
+    store = store_with_tiny_variants(tmp_path / "store", "tiny-a", "tiny-b")
+    manifest_file = store.path("tiny-b") / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["dtype"] = "int2/3/4/5/6"  # as guided mixed precision labels its variants
+    manifest_file.write_text(json.dumps(manifest))
+    listing = hush("store", "ls", store=store.root)
+    assert listing.returncode == 0, listing.stderr
+    rows = listing.stdout.splitlines()
+    assert "int2/3/4/5/6 " in rows[2]
+    size_column_ends = {row.index(" MB") + 3 if " MB" in row else row.index("size") + 4 for row in rows}
+    assert len(size_column_ends) == 1  # the size column starts and ends at the same place on every row
