@@ -41,7 +41,7 @@ from compression.distill.quick_eval import quick_scores, summarize_quick
 from compression.distill.students import IncompatibleStudentError, Student, pretrained_student, shrink_student
 from compression.distill.teacher_memo import TeacherMemo
 from compression.quantize.parent import Parent
-from compression.training.dataset import CachedBatches, Example
+from compression.training.dataset import Batch, CachedBatches, Example
 from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
 from compression.training.loop import TrainingOptions, train
@@ -131,6 +131,34 @@ def _static_matching(student: Student, teacher_layers: int) -> list[int]:
     return [min(2 * index + 1, teacher_layers - 1) for index in range(count)]
 
 
+def _guided_precision(
+    plan: DistillPlan, model: WhisperForConditionalGeneration, calibration: list[Batch], progress: bool
+) -> tuple[dict[str, QuantSpec], dict[str, Any]]:
+    """Bits per decoder Linear from their measured sensitivities under the plan's budget, and the
+    record of the choice for the manifest."""
+    assert plan.guided_average_bits is not None
+    sens = measure_sensitivity(
+        plan.guided_measure,
+        model,
+        calibration,
+        plan.guided_choices,
+        plan.granularity,
+        plan.group_size,
+        progress,
+    )
+    sizes = linear_sizes(model)
+    bits = choose_bits(sens, sizes, plan.guided_average_bits, plan.guided_choices)
+    achieved = sum(sizes[name] * bits[name] for name in bits) / sum(sizes.values())
+    record = {
+        "sensitivity": sens,
+        "bits": bits,
+        "budget_average_bits": plan.guided_average_bits,
+        "measure": plan.guided_measure,
+        "average_bits": round(achieved, 4),
+    }
+    return {name: quant_spec(plan, bits[name]) for name in bits}, record
+
+
 def run_distillation(
     settings: HushSettings,
     store: ModelStore,
@@ -216,26 +244,7 @@ def run_distillation(
         [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))] if guided else []
     )
     if plan.guided_average_bits is not None:
-        sens = measure_sensitivity(
-            plan.guided_measure,
-            model,
-            calibration,
-            plan.guided_choices,
-            plan.granularity,
-            plan.group_size,
-            progress,
-        )
-        sizes = linear_sizes(model)
-        bits = choose_bits(sens, sizes, plan.guided_average_bits, plan.guided_choices)
-        specs = {name: quant_spec(plan, bits[name]) for name in bits}
-        achieved = sum(sizes[name] * bits[name] for name in bits) / sum(sizes.values())
-        report["guided"] = {
-            "sensitivity": sens,
-            "bits": bits,
-            "budget_average_bits": plan.guided_average_bits,
-            "measure": plan.guided_measure,
-            "average_bits": round(achieved, 4),
-        }
+        specs, report["guided"] = _guided_precision(plan, model, calibration, progress)
     elif plan.qad_bits is not None:
         specs = {name: quant_spec(plan, plan.qad_bits) for name, _ in decoder_linears(model)}
     if specs:
