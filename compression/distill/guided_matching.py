@@ -48,9 +48,8 @@ def choose_matching(
     for batch in batches:
         with ffn_features(student) as student_features:
             logits_of(student, batch.encoder_hidden, batch.decoder_input_ids)
-        teacher_hidden = batch.teacher_hidden if batch.teacher_hidden is not None else batch.encoder_hidden
         with ffn_features(teacher) as teacher_features:
-            logits_of(teacher, teacher_hidden, batch.decoder_input_ids)
+            logits_of(teacher, batch.teacher_encoder_hidden, batch.decoder_input_ids)
         distances = layer_distances(student_features, teacher_features, adapter, batch.mask, norm)
         total = distances if total is None else total + distances
     if total is None:

@@ -97,12 +97,17 @@ def dynamic_matching(distances: torch.Tensor) -> list[int]:
     return chosen
 
 
+def matched_distances(distances: torch.Tensor, matching: Sequence[int]) -> torch.Tensor:
+    """``d(i, matching[i])`` of each student layer ``i``."""
+    return torch.stack([distances[i, j] for i, j in enumerate(matching)])
+
+
 def matched_distance(
     distances: torch.Tensor, matching: Sequence[int], layers: Sequence[int] | None = None
 ) -> torch.Tensor:
     """Sum of the chosen ``d(i, matching[i])``, over the student ``layers`` given (default: all)."""
-    chosen = range(len(matching)) if layers is None else layers
-    return torch.stack([distances[i, matching[i]] for i in chosen]).sum()
+    matched = matched_distances(distances, matching)
+    return (matched if layers is None else matched[list(layers)]).sum()
 
 
 def most_distant_layers(distances: torch.Tensor, matching: Sequence[int], count: int) -> list[int]:
@@ -110,5 +115,4 @@ def most_distant_layers(distances: torch.Tensor, matching: Sequence[int], count:
     student is furthest from its teacher layer, so where hidden-state guidance has the most to teach."""
     if not 1 <= count <= len(matching):
         raise ValueError(f"can match 1 to {len(matching)} student layers, not {count}")
-    matched = torch.stack([distances[i, j] for i, j in enumerate(matching)])
-    return sorted(int(i) for i in torch.topk(matched, count).indices)
+    return sorted(int(i) for i in torch.topk(matched_distances(distances, matching), count).indices)

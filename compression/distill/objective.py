@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ from compression.training.dataset import Batch
 from compression.training.loop import LossTerms
 
 Matching = Literal["none", "static", "dynamic", "guided"]
+MATCHINGS: tuple[Matching, ...] = get_args(Matching)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.hidden > 0 and self.matching == "none":
             raise ValueError("a hidden-state weight needs matching 'static', 'dynamic' or 'guided'")
-        if self.matching not in ("none", "static", "dynamic", "guided"):
+        if self.matching not in MATCHINGS:
             raise ValueError(f"matching must be static, dynamic or guided, not {self.matching!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
@@ -135,7 +136,7 @@ class DistillObjective:
         self.adapter = adapter
         self.config = config
         self.static_matching = list(static_matching or [])
-        self.matched_layers = list(matched_layers) if config.matching == "guided" and matched_layers else None
+        self.matched_layers = list(matched_layers or []) if config.matching == "guided" else None
         self.memo = memo
         self.matches: Counter[tuple[int, ...]] = Counter()  # how often each matching was chosen
         if teacher is not None:
@@ -175,7 +176,7 @@ class DistillObjective:
 
     def _teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Teacher logits and per-layer FFN features for the batch, from the memo where it has them."""
-        teacher_hidden = batch.teacher_hidden if batch.teacher_hidden is not None else batch.encoder_hidden
+        teacher_hidden = batch.teacher_encoder_hidden
         if self.memo is None:
             assert self.teacher is not None
             with torch.no_grad(), ffn_features(self.teacher) as features:

@@ -38,9 +38,7 @@ class DistillPlan:
     guided_average_bits: float | None = None  # guided mixed precision at this average bits per weight
     guided_choices: tuple[int, ...] = (4, 8)  # the bit widths guided chooses from for each Linear
     guided_measure: SensitivityMeasure = "linear-output"  # how guided measures sensitivity (guided.py)
-    guided_match_layers: int | None = (
-        None  # distil hidden states into only this many student layers (guided_matching.py)
-    )
+    guided_match_layers: int | None = None  # hidden states distilled into this many layers only
     train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
     steps: int = 200
     batch_size: int = 8

@@ -46,6 +46,11 @@ class Batch:
         return self.labels != IGNORE
 
     @property
+    def teacher_encoder_hidden(self) -> torch.Tensor:
+        """The encoder output the teacher decodes: its own where its encoder differs, else the shared one."""
+        return self.teacher_hidden if self.teacher_hidden is not None else self.encoder_hidden
+
+    @property
     def target_tokens(self) -> int:
         return int(self.mask.sum().item())
 
