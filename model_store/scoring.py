@@ -171,6 +171,36 @@ def summarize(scores: Sequence[UtteranceScore]) -> dict[str, LanguageSummary]:
     return summaries
 
 
+def sum_runs(runs: Sequence[Sequence[UtteranceScore]]) -> list[UtteranceScore]:
+    """Each utterance's errors and reference lengths summed over several runs of one recipe (e.g.
+    the students of several training seeds), for comparisons averaged over those runs: the pooled rate
+    of the result is the runs' mean pooled rate, and a paired bootstrap over it resamples utterances
+    (not runs, too few to resample).
+
+    Raises ValueError unless every run scored the same utterances, in the same languages, against the
+    same references.
+    """
+    if not runs:
+        raise ValueError("no runs to sum")
+    first = runs[0]
+    aligned = [first] + [_paired(first, run)[1] for run in runs[1:]]
+    summed = []
+    for scores in zip(*aligned, strict=True):
+        if len({score.chars.reference_length for score in scores}) != 1:
+            raise ValueError(f"utterance {scores[0].utterance_id!r} has different references in the runs")
+        summed.append(
+            UtteranceScore(
+                utterance_id=scores[0].utterance_id,
+                language=scores[0].language,
+                chars_raw=sum((score.chars_raw for score in scores), ErrorCounts.zero()),
+                words_raw=sum((score.words_raw for score in scores), ErrorCounts.zero()),
+                chars=sum((score.chars for score in scores), ErrorCounts.zero()),
+                words=sum((score.words for score in scores), ErrorCounts.zero()),
+            )
+        )
+    return summed
+
+
 def bootstrap_ci(
     scores: Sequence[UtteranceScore],
     *,

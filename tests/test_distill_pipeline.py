@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -247,6 +248,43 @@ def test_quick_eval_command_compares_against_a_reference(
     assert report["against"] == "teacher" and set(report["teacher"]) == {"cs", "en"}
     pooled = report["difference"][POOLED_ROW]
     assert pooled["utterances"] == 4 and pooled["difference"] == 0 and pooled["verdict"] == "not significant"
+
+
+def test_quick_eval_command_sums_the_runs_of_several_seeds(
+    setup: tuple[HushSettings, ModelStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, store = setup
+    common = {"teacher": "teacher", "languages": ("en", "cs"), "labels": "gold", "batch_size": 2}
+    run_distillation(
+        settings,
+        store,
+        DistillPlan(variant_id="student", decoder_layers=1, preset="ce", steps=0, **common),
+        progress=False,
+    )  # type: ignore[arg-type]
+    monkeypatch.setenv("HUSH_HOME", str(settings.home))
+    monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
+    monkeypatch.setenv("HUSH_EVAL__CORPUS", str(settings.eval.corpus))
+    app = typer.Typer()
+    app.command("quick-eval")(quick_eval_command)
+    app.command("noop")(lambda: None)
+
+    def quick_eval(*args: str) -> dict[str, Any]:
+        result = CliRunner().invoke(app, ["quick-eval", *args, "--languages", "en,cs", "--split", "test"])
+        assert result.exit_code == 0, result.output
+        return cast(dict[str, Any], json.loads(result.stdout))
+
+    alone = {name: quick_eval(name) for name in ("teacher", "student")}
+    summed = quick_eval("teacher,student", "--against", "teacher,teacher")
+    assert summed["teacher,student"]["summed over"] == ["teacher", "student"]
+    for language in ("en", "cs"):
+        mean = (alone["teacher"][language]["cer"] + alone["student"][language]["cer"]) / 2
+        assert summed["teacher,student"][language]["cer"] == pytest.approx(mean, abs=1e-4)
+    assert alone["teacher"] != alone["student"]  # the mean is of two different runs
+    pooled = summed["difference"][POOLED_ROW]
+    unsummed = quick_eval("student", "--against", "teacher")["difference"][POOLED_ROW]
+    assert pooled["utterances"] == unsummed["utterances"] == 4
+    assert pooled["reference_cer"] == unsummed["reference_cer"]  # a run summed with itself: same rate
+    assert pooled["difference"] == pytest.approx(unsummed["difference"] / 2, abs=1e-4)
 
 
 def test_a_qad_student_trains_on_from_its_low_bit_codes(setup: tuple[HushSettings, ModelStore]) -> None:

@@ -13,6 +13,7 @@ from model_store.scoring import (
     char_errors,
     paired_difference_ci,
     score_utterance,
+    sum_runs,
     summarize,
     verdict,
     word_errors,
@@ -213,6 +214,29 @@ def test_paired_difference_requires_the_same_utterances() -> None:
         paired_difference_ci(a, a[:4])
     with pytest.raises(ValueError, match="appears twice"):
         paired_difference_ci(a, [*a, a[0]])
+
+
+def test_summed_runs_pool_to_the_mean_rate_and_pair_like_one_run() -> None:
+    seed_a, seed_b = _synthetic(50, 0.1, seed=9), _synthetic(50, 0.3, seed=9)  # same lengths
+    summed = sum_runs([seed_a, list(reversed(seed_b))])  # lined up by id, not position
+    assert [score.utterance_id for score in summed] == [score.utterance_id for score in seed_a]
+    assert summed[3].chars == seed_a[3].chars + seed_b[3].chars
+    assert _pooled(summed) == pytest.approx((_pooled(seed_a) + _pooled(seed_b)) / 2)
+    worse = sum_runs([_with_extra_errors(seed_a, 4), _with_extra_errors(seed_b, 4)])
+    difference = paired_difference_ci(summed, worse)
+    assert difference.estimate == pytest.approx(_pooled(worse) - _pooled(summed))
+    assert difference.verdict == "worse"
+    assert sum_runs([seed_a]) == seed_a
+
+
+def test_summed_runs_must_share_utterances_and_references() -> None:
+    run = _synthetic(5, 0.1, seed=10)
+    with pytest.raises(ValueError, match="different utterances"):
+        sum_runs([run, run[:4]])
+    with pytest.raises(ValueError, match="different references"):
+        sum_runs([run, _synthetic(5, 0.1, seed=11)])
+    with pytest.raises(ValueError, match="no runs"):
+        sum_runs([])
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from compression.cli_options import comma_list
 from compression.data.build import DEFAULT_MAX_DEV, DEFAULT_MAX_TEST, BuildOptions, build
 from compression.data.corpus import CORPUS_FILE, Corpus
 from compression.data.errors import DataError
@@ -28,7 +29,7 @@ data_app = typer.Typer(help="Build and inspect hush's speech corpus.", no_args_i
 def _names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
-    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    names = comma_list(value)
     return names or None
 
 

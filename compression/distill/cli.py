@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from compression.cli_options import comma_list
 from compression.distill.objective import LOSS_PRESETS
 from compression.distill.plan import DistillPlan
 
@@ -94,7 +95,7 @@ def distill_command(
         plan = DistillPlan(
             teacher=teacher,
             variant_id=variant_id,
-            languages=tuple(language.strip() for language in languages.split(",") if language.strip()),
+            languages=comma_list(languages),
             per_language=per_language or None,
             decoder_layers=decoder_layers or None,
             encoder_layers=encoder_layers or None,
@@ -107,7 +108,7 @@ def distill_command(
             ptq_bits=ptq_bits,
             guided_average_bits=guided_bits,
             guided_measure=guided_measure,  # type: ignore[arg-type]  # checked by DistillPlan
-            guided_choices=tuple(int(bits) for bits in guided_choices.split(",") if bits.strip()),
+            guided_choices=tuple(int(bits) for bits in comma_list(guided_choices)),
             guided_match_layers=guided_match,
             granularity=granularity,  # type: ignore[arg-type]
             group_size=group_size,
@@ -154,7 +155,13 @@ def distill_command(
 
 
 def quick_eval_command(
-    variant: Annotated[str, typer.Argument(help="A transformers variant of the store.")],
+    variant: Annotated[
+        str,
+        typer.Argument(
+            help="A transformers variant of the store; or several, comma-separated (the students of "
+            "one recipe trained with different seeds), whose errors are summed per utterance."
+        ),
+    ],
     languages: Annotated[str, typer.Option(help="Comma-separated languages of the split.")],
     split: Annotated[
         str, typer.Option(help="dev (default), or test for final figures only (never to tune on).")
@@ -162,8 +169,9 @@ def quick_eval_command(
     against: Annotated[
         str | None,
         typer.Option(
-            help="A reference variant: also prints VARIANT - REFERENCE CER per language and pooled, "
-            "paired on the same utterances, with 95% bootstrap intervals."
+            help="A reference variant (or several, comma-separated, summed the same way): also prints "
+            "VARIANT - REFERENCE CER per language and pooled, paired on the same utterances, with 95% "
+            "bootstrap intervals."
         ),
     ] = None,
 ) -> None:
@@ -174,6 +182,7 @@ def quick_eval_command(
 
     from compression.distill.pipeline import variant_quick_scores
     from compression.distill.quick_eval import compare_quick, summarize_quick
+    from model_store.scoring import UtteranceScore, sum_runs
     from model_store.settings import HushSettings
     from model_store.store import ModelStore
 
@@ -181,13 +190,21 @@ def quick_eval_command(
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
     store = ModelStore(settings.store.root)
-    wanted = tuple(language.strip() for language in languages.split(",") if language.strip())
-    scores = variant_quick_scores(settings, store, variant, wanted, split=split)
+    wanted = comma_list(languages)
+
+    def scores_of(variants: tuple[str, ...]) -> list[UtteranceScore]:
+        runs = [variant_quick_scores(settings, store, one, wanted, split=split) for one in variants]
+        return runs[0] if len(runs) == 1 else sum_runs(runs)
+
+    variants = comma_list(variant)
+    scores = scores_of(variants)
     report: dict[str, object] = {
         language: asdict(score) for language, score in summarize_quick(scores).items()
     }
+    if len(variants) > 1:
+        report = {"summed over": list(variants), **report}
     if against is not None:
-        reference = variant_quick_scores(settings, store, against, wanted, split=split)
+        reference = scores_of(comma_list(against))
         report = {
             variant: report,
             "against": against,

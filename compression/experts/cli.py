@@ -7,6 +7,7 @@ from typing import Annotated, cast
 
 import typer
 
+from compression.cli_options import comma_list
 from compression.evaluation.cli import find_corpus
 from compression.experts.job import ExpertsJob, run_experts_job
 from compression.experts.students import METHODS, Method
@@ -16,10 +17,6 @@ from model_store.backends.experts.attach import STACKS, ExpertSpec, Stack
 from model_store.backends.experts.clsr import EXPERT_KINDS
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
-
-
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def experts_command(
@@ -71,12 +68,12 @@ def experts_command(
 
         torch.set_num_threads(settings.runtime.threads)
     try:
-        spec = ExpertSpec(kind=expert, rank=rank, stacks=cast(tuple[Stack, ...], _split(stacks)))
+        spec = ExpertSpec(kind=expert, rank=rank, stacks=cast(tuple[Stack, ...], comma_list(stacks)))
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     job = ExpertsJob(
         base=base,
-        languages=_split(languages),
+        languages=comma_list(languages),
         method=cast(Method, method),
         teacher=teacher,
         spec=spec,
