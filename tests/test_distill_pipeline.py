@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -230,9 +231,12 @@ def test_quick_comparison_pairs_utterances_per_language_and_pooled() -> None:
     assert all(row.difference == 0 and row.verdict == "not significant" for row in same.values())
 
 
-def test_quick_eval_command_compares_against_a_reference(
-    setup: tuple[HushSettings, ModelStore], monkeypatch: pytest.MonkeyPatch
-) -> None:
+QuickEval = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def quick_eval(setup: tuple[HushSettings, ModelStore], monkeypatch: pytest.MonkeyPatch) -> QuickEval:
+    """``hush compress quick-eval ARGS --languages en,cs --split test`` on the setup's store: its JSON."""
     settings, _ = setup
     monkeypatch.setenv("HUSH_HOME", str(settings.home))
     monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
@@ -240,39 +244,29 @@ def test_quick_eval_command_compares_against_a_reference(
     app = typer.Typer()
     app.command("quick-eval")(quick_eval_command)
     app.command("noop")(lambda: None)
-    result = CliRunner().invoke(
-        app, ["quick-eval", "teacher", "--against", "teacher", "--languages", "en,cs", "--split", "test"]
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+
+    def run(*args: str) -> dict[str, Any]:
+        result = CliRunner().invoke(app, ["quick-eval", *args, "--languages", "en,cs", "--split", "test"])
+        assert result.exit_code == 0, result.output
+        return cast(dict[str, Any], json.loads(result.stdout))
+
+    return run
+
+
+def test_quick_eval_command_compares_against_a_reference(quick_eval: QuickEval) -> None:
+    report = quick_eval("teacher", "--against", "teacher")
     assert report["against"] == "teacher" and set(report["teacher"]) == {"cs", "en"}
     pooled = report["difference"][POOLED_ROW]
     assert pooled["utterances"] == 4 and pooled["difference"] == 0 and pooled["verdict"] == "not significant"
 
 
 def test_quick_eval_command_sums_the_runs_of_several_seeds(
-    setup: tuple[HushSettings, ModelStore], monkeypatch: pytest.MonkeyPatch
+    setup: tuple[HushSettings, ModelStore], quick_eval: QuickEval
 ) -> None:
     settings, store = setup
     common = {"teacher": "teacher", "languages": ("en", "cs"), "labels": "gold", "batch_size": 2}
-    run_distillation(
-        settings,
-        store,
-        DistillPlan(variant_id="student", decoder_layers=1, preset="ce", steps=0, **common),
-        progress=False,
-    )  # type: ignore[arg-type]
-    monkeypatch.setenv("HUSH_HOME", str(settings.home))
-    monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
-    monkeypatch.setenv("HUSH_EVAL__CORPUS", str(settings.eval.corpus))
-    app = typer.Typer()
-    app.command("quick-eval")(quick_eval_command)
-    app.command("noop")(lambda: None)
-
-    def quick_eval(*args: str) -> dict[str, Any]:
-        result = CliRunner().invoke(app, ["quick-eval", *args, "--languages", "en,cs", "--split", "test"])
-        assert result.exit_code == 0, result.output
-        return cast(dict[str, Any], json.loads(result.stdout))
-
+    plan = DistillPlan(variant_id="student", decoder_layers=1, preset="ce", steps=0, **common)  # type: ignore[arg-type]
+    run_distillation(settings, store, plan, progress=False)
     alone = {name: quick_eval(name) for name in ("teacher", "student")}
     summed = quick_eval("teacher,student", "--against", "teacher,teacher")
     assert summed["teacher,student"]["summed over"] == ["teacher", "student"]
