@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 
-from compression.data.corpus import Corpus
+from compression.data.corpus import Corpus, Utterance
 from compression.distill.cached_decoding import CachedGreedyDecoder
 from compression.distill.export import dq_rule_bytes, parameter_count, weight_bytes, write_student
 from compression.distill.fake_quant import (
@@ -190,11 +190,7 @@ def run_distillation(
         teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
         teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
         student, frozen_specs = quantize_frozen_parts(plan, build_student(plan, teacher, store))
-        layers = student.model.config.decoder_layers
-        if plan.guided_match_layers is not None and plan.guided_match_layers > layers:
-            raise IncompatibleStudentError(
-                f"--guided-match {plan.guided_match_layers}: the student has only {layers} decoder layers"
-            )
+        _check_guided_match(plan, student)
         student_cache = teacher_cache
         if not student.shares_encoder:
             student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
@@ -202,22 +198,17 @@ def run_distillation(
 
         # 3: labels
         decoder = CachedGreedyDecoder(teacher, tokenizer, tokens, generation)
-        if plan.labels == "pseudo":
-            labels = pseudo_label(
-                decoder,
-                teacher_cache,
-                corpus.id,
-                train_set,
-                label_file(settings.cache_dir / "pseudo", teacher_fingerprint, corpus.id),
-                progress=progress,
-            )
-            kept, label_report = filter_labels(
-                labels, settings.distill.wer_thresholds, settings.distill.default_wer_threshold
-            )
-            report["pseudo_labels"] = label_report.as_dict()
-            texts = {label.id: label.text for label in kept}
-        else:
-            texts = {utterance.id: utterance.text for utterance in train_set}
+        texts = _training_texts(
+            settings,
+            plan,
+            decoder,
+            teacher_cache,
+            corpus.id,
+            train_set,
+            teacher_fingerprint,
+            report,
+            progress,
+        )
     by_id = {utterance.id: utterance for utterance in train_set}
     examples = [
         Example(uid, by_id[uid].language, tuple(decoder.text_tokens(" " + text.strip())))
@@ -227,7 +218,6 @@ def run_distillation(
 
     # 4-5: student and precision
     model = student.model
-    specs: dict[str, QuantSpec] = {}
     batches = CachedBatches(
         examples,
         student_cache,
@@ -243,59 +233,17 @@ def run_distillation(
     calibration = (
         [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))] if guided else []
     )
-    if plan.guided_average_bits is not None:
-        specs, report["guided"] = _guided_precision(plan, model, calibration, progress)
-    elif plan.qad_bits is not None:
-        specs = {name: quant_spec(plan, plan.qad_bits) for name, _ in decoder_linears(model)}
+    specs = _training_precision(plan, model, calibration, report, progress)
     if specs:
         apply_fake_quant(model, specs)  # QAD: train through the quantizer (guided is QAD at mixed bits)
 
     # 6: training
-    matching_mode = "guided" if plan.guided_match_layers is not None else plan.matching
-    config = loss_config(plan.preset, matching=matching_mode, temperature=plan.temperature)
-    adapter = None
-    if config.hidden > 0:
-        adapter = FeatureAdapter(teacher.config.decoder_ffn_dim, model.config.decoder_ffn_dim)
-    memo = TeacherMemo(settings.cache_dir / "teacher", teacher_fingerprint) if config.needs_teacher else None
-    matching = _static_matching(student, teacher.config.decoder_layers)
-    matched_layers = None
-    if plan.guided_match_layers is not None:
-        assert adapter is not None, "DistillPlan checks that the preset distils hidden states"
-        chosen = choose_matching(
-            model, teacher, adapter, calibration, plan.guided_match_layers, config.feature_norm
-        )
-        matching, matched_layers = chosen.matching, chosen.layers
-        report["guided_matching"] = asdict(chosen)
-    objective = DistillObjective(model, config, teacher, adapter, matching, memo, matched_layers)
+    memo_dir = settings.cache_dir / "teacher"
+    objective, adapter = _objective(
+        plan, student, teacher, teacher_fingerprint, memo_dir, calibration, report
+    )
     if plan.steps > 0:
-        freeze_for_training(model, plan.train_embeddings)
-        trainable: dict[str, torch.nn.Module] = {"student": model}
-        if adapter is not None:
-            trainable["adapter"] = adapter
-        options = TrainingOptions(
-            steps=plan.steps, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
-        )
-        result = train(
-            objective,
-            batches,
-            trainable,
-            options,
-            run_dir,
-            progress=progress,
-            plan=plan.training_plan(),
-            ranks=ranks,
-        )
-        report["training"] = {
-            "steps": result.steps,
-            "resumed_from": result.resumed_from,
-            "first_loss": result.first_loss,
-            "last_loss": result.last_loss,
-            "seconds": round(result.seconds, 1),
-            "loss_config": asdict(config),
-            "matchings": {",".join(map(str, k)): v for k, v in objective.matches.items()},
-        }
-        if adapter is not None and ranks.main:
-            torch.save(adapter.state_dict(), run_dir / "adapter.pt")  # DQ-Whisper's code dropped these
+        _train(plan, objective, batches, adapter, run_dir, report, progress, ranks)
     if not ranks.main:
         return None  # the main process holds the same weights and publishes them
     model.eval()
@@ -306,18 +254,147 @@ def run_distillation(
     manifest = _publish(store, plan, parent, model, {**frozen_specs, **specs}, report)
     if plan.eval_dev:
         published = load_model(manifest, store.path(manifest.id), torch.device("cpu"), torch.float32)
-        scores = summarize_quick(
-            quick_scores(
-                CachedGreedyDecoder(published, tokenizer, tokens, generation),
-                student_cache,
-                corpus.id,
-                dev_set,
-                progress=progress,
-            )
+        scores = quick_scores(
+            CachedGreedyDecoder(published, tokenizer, tokens, generation),
+            student_cache,
+            corpus.id,
+            dev_set,
+            progress=progress,
         )
-        report["quick_dev"] = {language: asdict(score) for language, score in scores.items()}
+        report["quick_dev"] = {language: asdict(score) for language, score in summarize_quick(scores).items()}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return DistillOutcome(manifest, report)
+
+
+def _check_guided_match(plan: DistillPlan, student: Student) -> None:
+    """Refuse ``--guided-match K`` beyond the student's layers before minutes of encoder caching."""
+    layers = student.model.config.decoder_layers
+    if plan.guided_match_layers is not None and plan.guided_match_layers > layers:
+        raise IncompatibleStudentError(
+            f"--guided-match {plan.guided_match_layers}: the student has only {layers} decoder layers"
+        )
+
+
+def _training_texts(
+    settings: HushSettings,
+    plan: DistillPlan,
+    decoder: CachedGreedyDecoder,
+    teacher_cache: EncoderCache,
+    corpus_id: str,
+    train_set: list[Utterance],
+    teacher_fingerprint: str,
+    report: dict[str, Any],
+    progress: bool,
+) -> dict[str, str]:
+    """The text each train utterance is learned with: its gold transcript, or the teacher's greedy
+    pseudo-label where that is within the language's WER threshold of gold (the kept share goes in
+    the report)."""
+    if plan.labels != "pseudo":
+        return {utterance.id: utterance.text for utterance in train_set}
+    labels = pseudo_label(
+        decoder,
+        teacher_cache,
+        corpus_id,
+        train_set,
+        label_file(settings.cache_dir / "pseudo", teacher_fingerprint, corpus_id),
+        progress=progress,
+    )
+    kept, label_report = filter_labels(
+        labels, settings.distill.wer_thresholds, settings.distill.default_wer_threshold
+    )
+    report["pseudo_labels"] = label_report.as_dict()
+    return {label.id: label.text for label in kept}
+
+
+def _training_precision(
+    plan: DistillPlan,
+    model: WhisperForConditionalGeneration,
+    calibration: list[Batch],
+    report: dict[str, Any],
+    progress: bool,
+) -> dict[str, QuantSpec]:
+    """The decoder Linears' quantization during training: guided mixed bits, uniform QAD bits, or
+    none (float training; PTQ, if asked, comes after)."""
+    if plan.guided_average_bits is not None:
+        specs, report["guided"] = _guided_precision(plan, model, calibration, progress)
+        return specs
+    if plan.qad_bits is not None:
+        return {name: quant_spec(plan, plan.qad_bits) for name, _ in decoder_linears(model)}
+    return {}
+
+
+def _objective(
+    plan: DistillPlan,
+    student: Student,
+    teacher: WhisperForConditionalGeneration,
+    teacher_fingerprint: str,
+    memo_dir: Path,
+    calibration: list[Batch],
+    report: dict[str, Any],
+) -> tuple[DistillObjective, FeatureAdapter | None]:
+    """The plan's loss on the student, with the feature adapter it trains (hidden-state presets) and
+    the layer matching (static, dynamic, or chosen once by guided matching)."""
+    model = student.model
+    matching_mode = "guided" if plan.guided_match_layers is not None else plan.matching
+    config = loss_config(plan.preset, matching=matching_mode, temperature=plan.temperature)
+    adapter = None
+    if config.hidden > 0:
+        adapter = FeatureAdapter(teacher.config.decoder_ffn_dim, model.config.decoder_ffn_dim)
+    memo = TeacherMemo(memo_dir, teacher_fingerprint) if config.needs_teacher else None
+    matching = _static_matching(student, teacher.config.decoder_layers)
+    matched_layers = None
+    if plan.guided_match_layers is not None:
+        assert adapter is not None, "DistillPlan checks that the preset distils hidden states"
+        chosen = choose_matching(
+            model, teacher, adapter, calibration, plan.guided_match_layers, config.feature_norm
+        )
+        matching, matched_layers = chosen.matching, chosen.layers
+        report["guided_matching"] = asdict(chosen)
+    objective = DistillObjective(model, config, teacher, adapter, matching, memo, matched_layers)
+    return objective, adapter
+
+
+def _train(
+    plan: DistillPlan,
+    objective: DistillObjective,
+    batches: CachedBatches,
+    adapter: FeatureAdapter | None,
+    run_dir: Path,
+    report: dict[str, Any],
+    progress: bool,
+    ranks: Ranks,
+) -> None:
+    """Train the student (and adapter) in place: checkpoints and logs in ``run_dir``, resumed when a
+    checkpoint of the same plan is there; the summary goes in the report."""
+    model = objective.student
+    freeze_for_training(model, plan.train_embeddings)
+    trainable: dict[str, torch.nn.Module] = {"student": model}
+    if adapter is not None:
+        trainable["adapter"] = adapter
+    options = TrainingOptions(
+        steps=plan.steps, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed
+    )
+    result = train(
+        objective,
+        batches,
+        trainable,
+        options,
+        run_dir,
+        progress=progress,
+        plan=plan.training_plan(),
+        ranks=ranks,
+    )
+    report["training"] = {
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "first_loss": result.first_loss,
+        "last_loss": result.last_loss,
+        "seconds": round(result.seconds, 1),
+        "loss_config": asdict(objective.config),
+        "matchings": {",".join(map(str, k)): v for k, v in objective.matches.items()},
+    }
+    if adapter is not None and ranks.main:
+        torch.save(adapter.state_dict(), run_dir / "adapter.pt")  # DQ-Whisper's code dropped these
 
 
 def _publish(
