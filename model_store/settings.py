@@ -111,6 +111,10 @@ class DistillSettings(BaseModel):
         default_factory=dict,
         description="Per-language thresholds overriding the default, e.g. HUSH_DISTILL__WER_THRESHOLDS='{\"cs\": 0.3}'.",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where distillation trains: auto (this process's GPU when CUDA is there, else the CPU), cpu, or cuda.",
+    )
 
 
 class HushSettings(BaseSettings):

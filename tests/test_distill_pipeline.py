@@ -22,6 +22,7 @@ from compression.distill.plan import DistillPlan
 from compression.distill.quick_eval import POOLED_ROW, compare_quick, summarize_quick
 from compression.distill.students import IncompatibleStudentError
 from compression.quantize.methods import quantize_variant
+from compression.training.placement import NoTrainingDeviceError
 from model_store.backends.quantized_loading import load_model, weights_format
 from model_store.opener import open_variant
 from model_store.scoring import score_utterance
@@ -85,6 +86,69 @@ def test_qad_student_is_published_with_its_recipe_and_runs(setup: tuple[HushSett
     transcriber = open_variant(store, "student-qad4", RuntimeSettings(device="cpu"))
     result = transcriber.transcribe(sine(1.0), TranscribeOptions(language="en", temperatures=(0.0,)))
     assert isinstance(result.text, str)
+
+
+def _kd_qad_plan(variant_id: str, steps: int = 2) -> DistillPlan:
+    """A plan through every device-sensitive part: teacher memo, feature adapter, fake quantization."""
+    return DistillPlan(
+        teacher="teacher",
+        variant_id=variant_id,
+        languages=("en", "cs"),
+        decoder_layers=1,
+        preset="dq-whisper",
+        labels="gold",
+        qad_bits=4,
+        steps=steps,
+        batch_size=2,
+        eval_dev=False,
+    )
+
+
+def test_distillation_asked_to_train_on_a_missing_gpu_says_so(
+    setup: tuple[HushSettings, ModelStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    settings, store = setup
+    with pytest.raises(NoTrainingDeviceError, match="no CUDA GPU is visible"):
+        run_distillation(settings, store, _kd_qad_plan("student-nowhere"), progress=False, device="cuda")
+    assert not store.exists("student-nowhere")
+    monkeypatch.setenv("HUSH_HOME", str(settings.home))
+    monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
+    monkeypatch.setenv("HUSH_EVAL__CORPUS", str(settings.eval.corpus))
+    app = typer.Typer()
+    app.command("distill")(distill_command)
+    app.command("noop")(lambda: None)
+    base = ["distill", "teacher", "--id", "student-nowhere", "--languages", "en,cs", "--decoder-layers", "1"]
+    result = CliRunner().invoke(app, [*base, "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA GPU is visible" in result.output
+    bad = CliRunner().invoke(app, [*base, "--device", "tpu"])
+    assert bad.exit_code == 2 and "--device must be one of auto, cpu, cuda" in bad.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_student_trained_on_the_gpu_matches_the_cpu_one_and_resumes_on_the_cpu(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")  # empty caches and memo: the GPU run computes them
+    publish_tiny_variant(store, "teacher")
+    corpus = tiny_corpus(tmp_path / "corpus" / "tiny-corpus")
+    settings = HushSettings(home=tmp_path, store={"root": tmp_path / "store"}, eval={"corpus": corpus})  # type: ignore[arg-type]
+    on_gpu = run_distillation(settings, store, _kd_qad_plan("student-gpu"), progress=False, device="cuda")
+    on_cpu = run_distillation(settings, store, _kd_qad_plan("student-cpu"), progress=False, device="cpu")
+    assert on_cpu is not None and on_gpu is not None and on_gpu.report["device"] == "cuda:0"
+
+    def weights(variant: str) -> dict[str, torch.Tensor]:
+        model = load_model(store.get(variant), store.path(variant), torch.device("cpu"), torch.float32)
+        return dict(model.state_dict())
+
+    gpu_weights, cpu_weights = weights("student-gpu"), weights("student-cpu")
+    for name, tensor in cpu_weights.items():  # float rounding may move a few 4-bit codes by one step
+        difference = torch.linalg.vector_norm(gpu_weights[name] - tensor)
+        assert difference <= 0.01 * torch.linalg.vector_norm(tensor) + 1e-6, name
+    # the GPU run's checkpoint holds CPU tensors: the same plan run again on the CPU resumes it (at its end)
+    again = dataclasses.replace(_kd_qad_plan("student-gpu"), replace=True)
+    resumed = run_distillation(settings, store, again, progress=False, device="cpu")
+    assert resumed is not None and resumed.report["training"]["resumed_from"] == 2
+    assert all(torch.equal(gpu_weights[name], t) for name, t in weights("student-gpu").items())
 
 
 def test_whole_model_4_bit_student_is_smaller_than_decoder_only_and_serves(

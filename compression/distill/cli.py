@@ -76,6 +76,13 @@ def distill_command(
         bool, typer.Option(help="Quick dev CER from cached encoder outputs at the end.")
     ] = True,
     replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (this process's GPU when CUDA is there, else the CPU), cpu or cuda; "
+            "default HUSH_DISTILL__DEVICE (auto)."
+        ),
+    ] = None,
 ) -> None:
     """Distil TEACHER into a smaller student (optionally quantized) and publish it with its recipe.
 
@@ -125,12 +132,18 @@ def distill_command(
     from compression.distill.students import IncompatibleStudentError
     from compression.training.checkpoint import PlanMismatchError
     from compression.training.distributed import Ranks
+    from compression.training.placement import DEVICE_CHOICES, NoTrainingDeviceError
 
+    if device is not None and device not in DEVICE_CHOICES:
+        raise typer.BadParameter(f"--device must be one of {', '.join(DEVICE_CHOICES)}, not {device!r}")
     ranks = Ranks.from_environment()  # several processes under torchrun, else one
     ranks.start()
     try:
-        outcome = run_distillation(settings, ModelStore(settings.store.root), plan, ranks=ranks)
-    except (FileNotFoundError, IncompatibleStudentError) as error:  # no corpus yet; a student it can't use
+        outcome = run_distillation(
+            settings, ModelStore(settings.store.root), plan, ranks=ranks, device=device
+        )
+    except (FileNotFoundError, IncompatibleStudentError, NoTrainingDeviceError) as error:
+        # no corpus yet; a student it can't use; no GPU where one was asked for
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     except PlanMismatchError as error:

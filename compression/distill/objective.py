@@ -199,10 +199,10 @@ class DistillObjective:
         assert len(entries) == len(found)
         width = batch.decoder_input_ids.shape[1]
         layers, _, ffn = entries[0][1].shape
-        all_logits = torch.zeros(len(rows), width, entries[0][0].shape[-1])
-        all_features = torch.zeros(len(rows), layers, width, ffn)
+        device = batch.decoder_input_ids.device  # memo entries come from the CPU, computed ones not
+        all_logits = torch.zeros(len(rows), width, entries[0][0].shape[-1], device=device)
+        all_features = torch.zeros(len(rows), layers, width, ffn, device=device)
         for i, entry in enumerate(entries):
             all_logits[i, : lengths[i]] = entry[0].float()
             all_features[i, :, : lengths[i]] = entry[1].float()
-        device = batch.decoder_input_ids.device
-        return all_logits.to(device), [all_features[:, layer].to(device) for layer in range(layers)]
+        return all_logits, [all_features[:, layer] for layer in range(layers)]

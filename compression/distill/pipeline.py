@@ -45,6 +45,7 @@ from compression.training.dataset import Batch, CachedBatches, Example
 from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
 from compression.training.loop import TrainingOptions, train
+from compression.training.placement import training_device
 from compression.training.selection import select_utterances
 from model_store.backends.experts import METHOD as EXPERTS_METHOD
 from model_store.backends.experts.storage import load_experts
@@ -166,38 +167,47 @@ def run_distillation(
     *,
     progress: bool = True,
     ranks: Ranks = SINGLE_PROCESS,
+    device: str | None = None,
 ) -> DistillOutcome | None:
     """Run ``plan`` end to end and publish its student; returns the manifest and the run report.
 
     With several training processes (``ranks``, see :mod:`compression.training.distributed`) the main
     process fills the caches and labels first, every process trains on its share of each batch, and
-    the main one publishes; the others return None once training is done."""
+    the main one publishes; the others return None once training is done. ``device`` (auto, cpu or
+    cuda; ``settings.distill.device`` when None) is where the models compute, see
+    :mod:`compression.training.placement`."""
     torch.manual_seed(plan.seed)
+    place = training_device(settings.distill.device if device is None else device, ranks)
     corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
     parent = Parent.from_store(store, plan.teacher)
     teacher, tokenizer, generation = _load_teacher(parent)
     tokens = special_tokens(tokenizer, multilingual=parent.manifest.multilingual)
     teacher_fingerprint = encoder_fingerprint(teacher)  # the whole model's weights
+    teacher.to(place)  # type: ignore[arg-type]  # transformers hides .to's signature
     run_dir = settings.runs_dir / "distill" / plan.variant_id
     run_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"plan": asdict(plan), "corpus": corpus.id, "corpus_sha256": corpus.sha256}
+    report["device"] = str(place)
 
     progress = progress and ranks.main
     with ranks.main_first():  # the others find the caches and labels the main process made
         # 1-2: data and encoder caches
         train_set = select_utterances(corpus, "train", plan.languages, plan.per_language, seed=plan.seed)
         dev_set = select_utterances(corpus, "dev", plan.languages, None, seed=plan.seed)
-        teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder)
+        teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder, device=place)
         teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
         student, frozen_specs = quantize_frozen_parts(plan, build_student(plan, teacher, store))
+        student.model.to(place)  # type: ignore[arg-type]  # a pretrained student loads on the CPU
         _check_guided_match(plan, student)
         student_cache = teacher_cache
         if not student.shares_encoder:
-            student_cache = EncoderCache(settings.cache_dir / "encoder", student.model.model.encoder)
+            student_cache = EncoderCache(
+                settings.cache_dir / "encoder", student.model.model.encoder, device=place
+            )
             student_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
 
         # 3: labels
-        decoder = CachedGreedyDecoder(teacher, tokenizer, tokens, generation)
+        decoder = CachedGreedyDecoder(teacher, tokenizer, tokens, generation, device=place)
         texts = _training_texts(
             settings,
             plan,
@@ -227,6 +237,7 @@ def run_distillation(
         plan.seed,
         teacher_cache=None if student.shares_encoder else teacher_cache,
         ranks=ranks,
+        device=place,
     )
     # guided choices are made on whole batches: every process must choose the same
     guided = plan.guided_average_bits is not None or plan.guided_match_layers is not None
@@ -246,7 +257,7 @@ def run_distillation(
         _train(plan, objective, batches, adapter, run_dir, report, progress, ranks)
     if not ranks.main:
         return None  # the main process holds the same weights and publishes them
-    model.eval()
+    model.to("cpu").eval()  # type: ignore[arg-type]  # export and publishing read CPU weights
     if plan.ptq_bits is not None:
         specs = {name: quant_spec(plan, plan.ptq_bits) for name, _ in decoder_linears(model)}
 
@@ -339,7 +350,9 @@ def _objective(
     config = loss_config(plan.preset, matching=matching_mode, temperature=plan.temperature)
     adapter = None
     if config.hidden > 0:
-        adapter = FeatureAdapter(teacher.config.decoder_ffn_dim, model.config.decoder_ffn_dim)
+        adapter = FeatureAdapter(teacher.config.decoder_ffn_dim, model.config.decoder_ffn_dim).to(
+            model.device
+        )
     memo = TeacherMemo(memo_dir, teacher_fingerprint) if config.needs_teacher else None
     matching = _static_matching(student, teacher.config.decoder_layers)
     matched_layers = None

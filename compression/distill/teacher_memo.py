@@ -43,8 +43,8 @@ class TeacherMemo:
         os.close(handle)
         try:
             tensors = {
-                "logits": logits.to(torch.float16).contiguous(),
-                "ffn": ffn.to(torch.float16).contiguous(),
+                "logits": logits.to("cpu", torch.float16).contiguous(),
+                "ffn": ffn.to("cpu", torch.float16).contiguous(),
             }
             save_file(tensors, temporary)
             Path(temporary).replace(target)

@@ -36,7 +36,7 @@ def load_checkpoint(run_dir: Path, *, mmap: bool = False) -> dict[str, Any] | No
     path = run_dir / CHECKPOINT
     if not path.is_file():
         return None
-    state: dict[str, Any] = torch.load(path, weights_only=True, mmap=mmap)
+    state: dict[str, Any] = torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
     return state
 
 

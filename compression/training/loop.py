@@ -198,7 +198,9 @@ def train(
                     checkpoint_path,
                     {
                         "step": step + 1,
-                        "parameters": {name: p.detach().clone() for name, p in parameters.items()},
+                        "parameters": {
+                            name: p.detach().to("cpu", copy=True) for name, p in parameters.items()
+                        },
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "rng": capture_rng(),
