@@ -193,6 +193,15 @@ def test_two_replicas_prometheus_pools_cer_and_the_drift_alert_fires(
             timeout=60,
             what="prometheus",
         )
+        # Prometheus must hold both replicas' CER counters at zero before any feedback: a series first
+        # scraped after the feedback starts at its total, rate() then sees no increase and the drift
+        # never shows (one CI run on a loaded machine timed out so).
+        scraped = 'count by (instance) (hush_cer_edit_chars_total{source="feedback",language="en"})'
+        wait_for(
+            lambda: len(query(prometheus, scraped)) == len(servers),
+            timeout=60,
+            what="both replicas' CER counters scraped at zero",
+        )
 
         # Sticky across replicas: each client gets the same arm from both processes, with no shared state.
         edits_by_variant: dict[str, int] = defaultdict(int)
