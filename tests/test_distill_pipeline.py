@@ -88,6 +88,19 @@ def test_qad_student_is_published_with_its_recipe_and_runs(setup: tuple[HushSett
     assert isinstance(result.text, str)
 
 
+def _cli_on(
+    settings: HushSettings, monkeypatch: pytest.MonkeyPatch, name: str, command: Callable[..., None]
+) -> typer.Typer:
+    """A CLI app with ``command`` under ``name``, reading ``settings``' home, store and corpus."""
+    monkeypatch.setenv("HUSH_HOME", str(settings.home))
+    monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
+    monkeypatch.setenv("HUSH_EVAL__CORPUS", str(settings.eval.corpus))
+    app = typer.Typer()
+    app.command(name)(command)
+    app.command("noop")(lambda: None)  # a second command keeps NAME a subcommand
+    return app
+
+
 def _kd_qad_plan(variant_id: str, steps: int = 2) -> DistillPlan:
     """A plan through every device-sensitive part: teacher memo, feature adapter, fake quantization."""
     return DistillPlan(
@@ -113,12 +126,7 @@ def test_distillation_asked_to_train_on_a_missing_gpu_says_so(
     with pytest.raises(NoTrainingDeviceError, match="no CUDA GPU is visible"):
         run_distillation(settings, store, _kd_qad_plan("student-nowhere"), progress=False, device="cuda")
     assert not store.exists("student-nowhere")
-    monkeypatch.setenv("HUSH_HOME", str(settings.home))
-    monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
-    monkeypatch.setenv("HUSH_EVAL__CORPUS", str(settings.eval.corpus))
-    app = typer.Typer()
-    app.command("distill")(distill_command)
-    app.command("noop")(lambda: None)
+    app = _cli_on(settings, monkeypatch, "distill", distill_command)
     base = ["distill", "teacher", "--id", "student-nowhere", "--languages", "en,cs", "--decoder-layers", "1"]
     result = CliRunner().invoke(app, [*base, "--device", "cuda"])
     assert result.exit_code == 2 and "no CUDA GPU is visible" in result.output
@@ -301,13 +309,7 @@ QuickEval = Callable[..., dict[str, Any]]
 @pytest.fixture
 def quick_eval(setup: tuple[HushSettings, ModelStore], monkeypatch: pytest.MonkeyPatch) -> QuickEval:
     """``hush compress quick-eval ARGS --languages en,cs --split test`` on the setup's store: its JSON."""
-    settings, _ = setup
-    monkeypatch.setenv("HUSH_HOME", str(settings.home))
-    monkeypatch.setenv("HUSH_STORE__ROOT", str(settings.store.root))
-    monkeypatch.setenv("HUSH_EVAL__CORPUS", str(settings.eval.corpus))
-    app = typer.Typer()
-    app.command("quick-eval")(quick_eval_command)
-    app.command("noop")(lambda: None)
+    app = _cli_on(setup[0], monkeypatch, "quick-eval", quick_eval_command)
 
     def run(*args: str) -> dict[str, Any]:
         result = CliRunner().invoke(app, ["quick-eval", *args, "--languages", "en,cs", "--split", "test"])
