@@ -57,7 +57,7 @@ class BatchingSettings(BaseModel):
 class RuntimeSettings(BaseModel):
     """How models run on this machine."""
 
-    device: Literal["auto", "cpu", "cuda"] = Field(
+    device: TrainingDevice = Field(
         "auto", description="'auto' picks CUDA when a GPU is present, else the CPU."
     )
     threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 keeps torch's default.")
@@ -99,6 +99,9 @@ class EvalSettings(BaseModel):
     )
 
 
+TrainingDevice = Literal["auto", "cpu", "cuda"]  # where distillation trains (compression.training.placement)
+
+
 class DistillSettings(BaseModel):
     """Distillation data choices (``hush compress distill``)."""
 
@@ -111,7 +114,7 @@ class DistillSettings(BaseModel):
         default_factory=dict,
         description="Per-language thresholds overriding the default, e.g. HUSH_DISTILL__WER_THRESHOLDS='{\"cs\": 0.3}'.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
+    device: TrainingDevice = Field(
         "auto",
         description="Where distillation trains: auto (this process's GPU when CUDA is there, else the CPU), cpu, or cuda.",
     )

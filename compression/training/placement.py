@@ -8,14 +8,14 @@ side, so a run can resume or be evaluated on a machine without the GPU it traine
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
 from compression.training.distributed import SINGLE_PROCESS, Ranks
+from model_store.settings import TrainingDevice
 
-DeviceChoice = Literal["auto", "cpu", "cuda"]
-DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceChoice)
+DEVICE_CHOICES: tuple[str, ...] = get_args(TrainingDevice)  # the setting's values, stated there once
 
 
 class NoTrainingDeviceError(RuntimeError):
