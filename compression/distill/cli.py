@@ -205,8 +205,13 @@ def quick_eval_command(
     store = ModelStore(settings.store.root)
     wanted = comma_list(languages)
 
+    decoded: dict[str, list[UtteranceScore]] = {}  # a variant named twice (A --against A) decodes once
+
     def scores_of(variants: tuple[str, ...]) -> list[UtteranceScore]:
-        runs = [variant_quick_scores(settings, store, one, wanted, split=split) for one in variants]
+        for one in variants:
+            if one not in decoded:
+                decoded[one] = variant_quick_scores(settings, store, one, wanted, split=split)
+        runs = [decoded[one] for one in variants]
         return runs[0] if len(runs) == 1 else sum_runs(runs)
 
     variants = comma_list(variant)
