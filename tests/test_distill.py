@@ -23,6 +23,7 @@ from compression.distill.fake_quant import (
 from compression.distill.guided import (
     choose_bits,
     cross_attention_states,
+    measure_sensitivity,
     output_sensitivity,
     target_logits,
 )
@@ -441,6 +442,42 @@ def test_model_output_sensitivity_is_one_kl_scale_and_leaves_the_weights_alone(
     after = model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # every weight restored
     assert measured["model.decoder.layers.0.encoder_attn.k_proj"][4] > 0  # not read from a stale cache
+
+
+def test_sensitivity_at_budget_judges_each_linear_with_the_others_at_the_uniform_width(
+    teacher: WhisperForConditionalGeneration,
+) -> None:
+    model = shrink_student(teacher, 2).model
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 50257]] * 2)
+    labels = ids.roll(-1, dims=1)
+    labels[:, :3] = IGNORE
+    batch = Batch(("a", "b"), features(), ids, labels)
+    at_budget = measure_sensitivity(
+        "model-output-at-budget", model, [batch], (2, 4, 8), "per-channel", 64, average_bits=4.5
+    )
+    alone = output_sensitivity(model, [batch], (2, 4, 8))
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    # at the uniform width (4, the widest choice within 4.5 bits) every Linear reads the uniform model's KL
+    with torch.no_grad():
+        reference = torch.log_softmax(target_logits(model, batch).double(), -1)
+        for _name, linear in decoder_linears(model):
+            linear.weight.data = fake_quantize(linear.weight.data, QuantSpec(4, "per-channel", 64))
+        uniform = torch.log_softmax(target_logits(model, batch).double(), -1)
+    model.load_state_dict(before)
+    expected = float((reference.exp() * (reference - uniform)).sum(-1).mean())
+    assert [by_bits[4] for by_bits in at_budget.values()] == [pytest.approx(expected, rel=1e-6)] * len(
+        at_budget
+    )
+    for name, by_bits in at_budget.items():
+        assert by_bits[4] > alone[name][4], name  # the others' errors are counted too
+    # one Linear's width moves the whole model's KL (by little for some Linears of a random model)
+    assert sum(by_bits[8] for by_bits in at_budget.values()) < expected * len(at_budget)
+    assert sum(by_bits[2] for by_bits in at_budget.values()) > expected * len(at_budget)
+    with pytest.raises(ValueError, match="below the lowest"):
+        measure_sensitivity(
+            "model-output-at-budget", model, [batch], (4, 8), "per-channel", 64, average_bits=3
+        )
 
 
 def test_target_logits_with_reused_cross_attention_states_equal_a_full_pass(

@@ -46,7 +46,8 @@ def distill_command(
         str,
         typer.Option(
             help="Sensitivity for --guided-bits: linear-output (each Linear's own output error) or "
-            "model-output (KL of the model's next-token distribution with that Linear quantized)."
+            "model-output (KL of the model's next-token distribution with that Linear quantized) or "
+            "model-output-at-budget (the same, every other Linear quantized at the budget's uniform width)."
         ),
     ] = "linear-output",
     guided_match: Annotated[

@@ -11,6 +11,10 @@ encoder outputs):
   decoder pass per batch, Linear and width: the cross-attention keys and values of the encoder output
   (most of a pass's work, over 1,500 frames) are computed once per batch and reused, except when the
   Linear quantized is one that makes them, and the output projection runs on target positions only.
+* ``model-output-at-budget``: the same KL, but with every other decoder Linear already quantized at
+  the budget's uniform width (:func:`uniform_width`), so each Linear is judged where the choice is
+  made, its interactions with the others' errors included. Measured alone, a dozen Linears were each
+  harmless at 2 bits and together made the decoder stop early (README, session 10).
 
 :func:`choose_bits` starts every Linear at the lowest precision and repeatedly upgrades the Linear
 with the largest error reduction per extra byte while the total stays within the budget (average bits
@@ -39,8 +43,12 @@ from compression.distill.objective import logits_of
 from compression.training.dataset import Batch
 
 Sensitivity = dict[str, dict[int, float]]
-SensitivityMeasure = Literal["linear-output", "model-output"]
-SENSITIVITY_MEASURES: tuple[SensitivityMeasure, ...] = ("linear-output", "model-output")
+SensitivityMeasure = Literal["linear-output", "model-output", "model-output-at-budget"]
+SENSITIVITY_MEASURES: tuple[SensitivityMeasure, ...] = (
+    "linear-output",
+    "model-output",
+    "model-output-at-budget",
+)
 
 
 @torch.no_grad()
@@ -93,9 +101,16 @@ def output_sensitivity(
     granularity: Granularity = "per-channel",
     group_size: int = DEFAULT_GROUP_SIZE,
     progress: bool = False,
+    context_bits: int | None = None,
 ) -> Sensitivity:
     """Mean KL divergence per target token of the model's next-token distribution, float against each
-    decoder Linear alone quantized at each of ``bits``. The weights are restored after each Linear."""
+    decoder Linear quantized at each of ``bits``: alone, or with ``context_bits`` every other decoder
+    Linear quantized at that width meanwhile. The weights are restored at the end."""
+    linears = list(decoder_linears(model))
+    originals = {name: linear.weight.data for name, linear in linears}
+
+    def quantized(name: str, width: int) -> torch.Tensor:
+        return fake_quantize(originals[name], QuantSpec(width, granularity, group_size))
 
     # held for every batch: 2 x decoder layers x the encoder output's size (about 300 MB a batch of 8 at
     # base size), the price of not projecting 1,500 frames again in every pass
@@ -108,20 +123,36 @@ def output_sensitivity(
 
     references = [(log_probs, log_probs.exp()) for log_probs in map(target_log_probs, range(len(batches)))]
     tokens = sum(batch.target_tokens for batch in batches) or 1
+
+    def divergence(reuse_cross: bool = True) -> float:
+        total = 0.0
+        for index, (reference, probabilities) in enumerate(references):
+            per_token = (probabilities * (reference - target_log_probs(index, reuse_cross))).sum(-1)
+            total += float(per_token.sum().item())
+        return total / tokens
+
+    context = dict(originals)
+    if context_bits is not None:
+        context = {name: quantized(name, context_bits) for name in originals}
+        for name, linear in linears:
+            linear.weight.data = context[name]
+        cross = [cross_attention_states(model, batch.encoder_hidden) for batch in batches]
+    baseline = divergence() if context_bits is not None else None
     result: Sensitivity = {}
-    linears = list(decoder_linears(model))
-    for name, linear in tqdm(linears, desc="sensitivity", unit="Linear", disable=not progress):
-        original = linear.weight.data
-        reuse_cross = not name.endswith(CROSS_ATTENTION_INPUTS)
-        result[name] = {}
-        for b in bits:
-            linear.weight.data = fake_quantize(original, QuantSpec(b, granularity, group_size))
-            divergence = 0.0
-            for index, (reference, probabilities) in enumerate(references):
-                per_token = (probabilities * (reference - target_log_probs(index, reuse_cross))).sum(-1)
-                divergence += float(per_token.sum().item())
-            result[name][b] = divergence / tokens
-        linear.weight.data = original
+    try:
+        for name, linear in tqdm(linears, desc="sensitivity", unit="Linear", disable=not progress):
+            reuse_cross = not name.endswith(CROSS_ATTENTION_INPUTS)
+            result[name] = {}
+            for b in bits:
+                if b == context_bits and baseline is not None:
+                    result[name][b] = baseline  # every Linear at the context width: the uniform model
+                    continue
+                linear.weight.data = quantized(name, b)
+                result[name][b] = divergence(reuse_cross)
+            linear.weight.data = context[name]
+    finally:
+        for name, linear in linears:
+            linear.weight.data = originals[name]
     return result
 
 
@@ -169,10 +200,25 @@ def measure_sensitivity(
     granularity: Granularity,
     group_size: int,
     progress: bool = False,
+    average_bits: float | None = None,
 ) -> Sensitivity:
+    """``average_bits`` (the budget) is needed by ``model-output-at-budget`` only."""
+    if measure == "model-output-at-budget":
+        if average_bits is None:
+            raise ValueError("the model-output-at-budget measure needs the budget's average bits")
+        context_bits = uniform_width(average_bits, bits)
+        return output_sensitivity(model, batches, bits, granularity, group_size, progress, context_bits)
     if measure == "model-output":  # one pass of every batch per Linear and width: minutes at base size
         return output_sensitivity(model, batches, bits, granularity, group_size, progress)
     return sensitivity(model, batches, bits, granularity, group_size)
+
+
+def uniform_width(average_bits: float, choices: Sequence[int]) -> int:
+    """The widest of ``choices`` that every Linear can have within ``average_bits``."""
+    within = [bits for bits in choices if bits <= average_bits]
+    if not within:
+        raise ValueError(f"a budget of {average_bits} bits is below the lowest choice, {min(choices)}")
+    return max(within)
 
 
 def choose_bits(

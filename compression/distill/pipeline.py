@@ -146,6 +146,7 @@ def _guided_precision(
         plan.granularity,
         plan.group_size,
         progress,
+        plan.guided_average_bits,
     )
     sizes = linear_sizes(model)
     bits = choose_bits(sens, sizes, plan.guided_average_bits, plan.guided_choices)
