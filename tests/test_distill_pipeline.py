@@ -257,6 +257,25 @@ def test_quick_eval_reads_the_split_it_is_given(setup: tuple[HushSettings, Model
     assert {language: score.utterances for language, score in test.items()} == {"en": 2, "cs": 2}
 
 
+def test_quick_eval_keeps_each_variants_transcripts_and_decodes_afresh_when_asked(
+    setup: tuple[HushSettings, ModelStore],
+) -> None:
+    settings, store = setup
+    first = variant_quick_scores(settings, store, "teacher", ("en",), progress=False)
+    logs = list((settings.eval_dir / "teacher").glob("*-dev-quick-*.jsonl"))
+    assert len(logs) == 1
+    records = [json.loads(line) for line in logs[0].read_text(encoding="utf-8").splitlines()]
+    assert {score.utterance_id for score in first} <= {record["id"] for record in records}
+    assert first[0].chars.edits > 0  # a random teacher gets the words wrong
+    # what the log holds is what the next run scores: here, a transcript edited to the reference
+    for record in records:
+        record["hypothesis"] = record["reference"]
+    logs[0].write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    assert variant_quick_scores(settings, store, "teacher", ("en",), progress=False)[0].chars.edits == 0
+    fresh = variant_quick_scores(settings, store, "teacher", ("en",), fresh=True, progress=False)
+    assert fresh == first  # decoded again, deterministically
+
+
 def test_distill_command_names_a_bad_option_or_a_missing_corpus_without_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

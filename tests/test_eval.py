@@ -11,7 +11,7 @@ import pytest
 
 from compression.data.audio_io import to_pcm16, write_flac
 from compression.data.corpus import Corpus, Record, write_index
-from compression.evaluation.hypotheses import HypothesisLog
+from compression.evaluation.hypotheses import HypothesisLog, temperature_decoding
 from compression.evaluation.latency import measure_latency
 from compression.evaluation.latency_clips import GAP_SECONDS, latency_clips
 from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant, records_over
@@ -74,7 +74,13 @@ def test_eval_writes_a_valid_manifest(store_and_job: tuple[ModelStore, EvalJob])
 def test_eval_resumes_without_redoing_work(store_and_job: tuple[ModelStore, EvalJob]) -> None:
     store, job = store_and_job
     evaluate_variant(store, "tiny-a", job, RuntimeSettings(device="cpu"), progress=False)
-    log = HypothesisLog(job.hypotheses_root, store.get("tiny-a"), job.corpus.sha256, "dev", job.temperatures)
+    log = HypothesisLog(
+        job.hypotheses_root,
+        store.get("tiny-a"),
+        job.corpus.sha256,
+        "dev",
+        temperature_decoding(job.temperatures),
+    )
     lines = log.path.read_text().splitlines()
     assert len(lines) == 4
     # Simulate a run killed after two utterances, with a half-written third line.

@@ -188,8 +188,17 @@ def quick_eval_command(
             "bootstrap intervals."
         ),
     ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Decode again instead of reading the transcripts an earlier quick-eval of the same "
+            "weights, corpus and split left (after a change to the decoding code).",
+        ),
+    ] = False,
 ) -> None:
-    """CER/WER per language of a split from cached encoder outputs (greedy, no timestamps)."""
+    """CER/WER per language of a split from cached encoder outputs (greedy, no timestamps); each
+    variant's transcripts are kept, so it is decoded once per split however often it is compared."""
     if split not in ("dev", "test"):
         raise typer.BadParameter(f"--split must be dev or test, not {split!r}")
     import torch
@@ -211,7 +220,7 @@ def quick_eval_command(
     def scores_of(variants: tuple[str, ...]) -> list[UtteranceScore]:
         for one in variants:
             if one not in decoded:
-                decoded[one] = variant_quick_scores(settings, store, one, wanted, split=split)
+                decoded[one] = variant_quick_scores(settings, store, one, wanted, split=split, fresh=fresh)
         runs = [decoded[one] for one in variants]
         return runs[0] if len(runs) == 1 else sum_runs(runs)
 

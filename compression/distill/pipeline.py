@@ -40,6 +40,7 @@ from compression.distill.pseudo_labels import filter_labels, label_file, pseudo_
 from compression.distill.quick_eval import quick_scores, summarize_quick
 from compression.distill.students import IncompatibleStudentError, Student, pretrained_student, shrink_student
 from compression.distill.teacher_memo import TeacherMemo
+from compression.evaluation.hypotheses import QUICK_DECODING, HypothesisLog
 from compression.quantize.parent import Parent
 from compression.training.dataset import Batch, CachedBatches, Example
 from compression.training.distributed import SINGLE_PROCESS, Ranks
@@ -271,6 +272,7 @@ def run_distillation(
             student_cache,
             corpus.id,
             dev_set,
+            log=HypothesisLog(settings.eval_dir, manifest, corpus.sha256, "dev", QUICK_DECODING),
             progress=progress,
         )
         report["quick_dev"] = {language: asdict(score) for language, score in summarize_quick(scores).items()}
@@ -476,11 +478,14 @@ def variant_quick_scores(
     languages: tuple[str, ...],
     *,
     split: str = "dev",
+    fresh: bool = False,
     progress: bool = True,
 ) -> list[UtteranceScore]:
     """Each utterance's score on a split (dev by default; test only to report final figures, never
     to choose) by any transformers variant of the store, experts variants included, greedy from cached
-    encoder outputs; :func:`~compression.distill.quick_eval.summarize_quick` gives CER per language."""
+    encoder outputs; :func:`~compression.distill.quick_eval.summarize_quick` gives CER per language.
+    Transcripts of the same weights on the same corpus and split are read back, not decoded again,
+    unless ``fresh``."""
     corpus = Corpus.open(settings.eval.corpus) if settings.eval.corpus else _newest_corpus(settings)
     manifest = store.verify(variant_id)
     directory = store.path(variant_id)
@@ -493,4 +498,7 @@ def variant_quick_scores(
     utterances = select_utterances(corpus, split, languages, None)
     cache = EncoderCache(settings.cache_dir / "encoder", model.model.encoder)
     cache.fill(corpus.id, utterances, progress=progress)
-    return quick_scores(decoder, cache, corpus.id, utterances, progress=progress)
+    log = HypothesisLog(settings.eval_dir, manifest, corpus.sha256, split, QUICK_DECODING)
+    if fresh:
+        log.clear()
+    return quick_scores(decoder, cache, corpus.id, utterances, log=log, progress=progress)

@@ -29,13 +29,18 @@ def weights_digest(manifest: Manifest) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
+def temperature_decoding(temperatures: tuple[float, ...]) -> str:
+    """The decoding label of ``hush eval``'s transcripts: its temperatures, e.g. ``t0`` or ``t0_0.2``."""
+    return "t" + "_".join(f"{temperature:g}" for temperature in temperatures)
+
+
+QUICK_DECODING = "quick"  # ``hush compress quick-eval``: greedy from cached encoder outputs, no timestamps
+
+
 class HypothesisLog:
     """Append-only record of one evaluation's transcripts."""
 
-    def __init__(
-        self, root: Path, manifest: Manifest, corpus_sha256: str, split: str, temperatures: tuple[float, ...]
-    ) -> None:
-        decoding = "t" + "_".join(f"{temperature:g}" for temperature in temperatures)
+    def __init__(self, root: Path, manifest: Manifest, corpus_sha256: str, split: str, decoding: str) -> None:
         self.path = (
             root / manifest.id / f"{corpus_sha256[:16]}-{split}-{decoding}-{weights_digest(manifest)}.jsonl"
         )
@@ -60,3 +65,7 @@ class HypothesisLog:
                 stream.write(b"\n")  # close a line a killed run left half-written
             stream.write((json.dumps(asdict(hypothesis), ensure_ascii=False) + "\n").encode("utf-8"))
             stream.flush()
+
+    def clear(self) -> None:
+        """Forget every transcript (decode afresh, say after a change to the decoding code)."""
+        self.path.unlink(missing_ok=True)

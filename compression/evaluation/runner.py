@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from compression.data.corpus import Corpus, Utterance
-from compression.evaluation.hypotheses import Hypothesis, HypothesisLog
+from compression.evaluation.hypotheses import Hypothesis, HypothesisLog, temperature_decoding
 from model_store.manifest import EvalReport, LanguageScore
 from model_store.opener import open_variant
 from model_store.scoring import (
@@ -155,7 +155,9 @@ def evaluate_variant(
         raise ValueError(
             f"no {job.split} utterances in {job.corpus.id} for the languages {variant_id} covers"
         )
-    log = HypothesisLog(job.hypotheses_root, manifest, job.corpus.sha256, job.split, job.temperatures)
+    log = HypothesisLog(
+        job.hypotheses_root, manifest, job.corpus.sha256, job.split, temperature_decoding(job.temperatures)
+    )
     transcriber = open_variant(store, variant_id, runtime, verify=False)
     try:
         hypotheses = transcribe_split(
@@ -219,7 +221,11 @@ def compare_variants(
     """Per-language CER of B minus A on the utterances both transcribed, with paired bootstrap intervals."""
     logs = [
         HypothesisLog(
-            job.hypotheses_root, store.get(variant), job.corpus.sha256, job.split, job.temperatures
+            job.hypotheses_root,
+            store.get(variant),
+            job.corpus.sha256,
+            job.split,
+            temperature_decoding(job.temperatures),
         ).load()
         for variant in (variant_a, variant_b)
     ]
