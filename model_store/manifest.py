@@ -5,6 +5,7 @@ This schema is the contract between ``compression`` (which writes it) and ``app`
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -177,6 +178,11 @@ class Manifest(_Model):
     @classmethod
     def _check_id(cls, value: str) -> str:
         return validate_variant_id(value)
+
+    def weights_sha256(self) -> str:
+        """One SHA-256 over the weight files (their hashes, in path order): names these weights."""
+        listing = "\n".join(f"{file.path} {file.sha256}" for file in sorted(self.weights, key=str))
+        return hashlib.sha256(listing.encode()).hexdigest()
 
     def covers(self, language: str) -> bool:
         """Whether this variant is meant for ``language``."""

@@ -54,10 +54,14 @@ class BatchingSettings(BaseModel):
         return self.mode == "on" or device == "cuda"
 
 
+# where a model runs (runtime.device) or trains (distill.device): auto picks CUDA when a GPU is there
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
 class RuntimeSettings(BaseModel):
     """How models run on this machine."""
 
-    device: TrainingDevice = Field(
+    device: DeviceChoice = Field(
         "auto", description="'auto' picks CUDA when a GPU is present, else the CPU."
     )
     threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 keeps torch's default.")
@@ -99,9 +103,6 @@ class EvalSettings(BaseModel):
     )
 
 
-TrainingDevice = Literal["auto", "cpu", "cuda"]  # where distillation trains (compression.training.placement)
-
-
 class DistillSettings(BaseModel):
     """Distillation data choices (``hush compress distill``)."""
 
@@ -114,7 +115,7 @@ class DistillSettings(BaseModel):
         default_factory=dict,
         description="Per-language thresholds overriding the default, e.g. HUSH_DISTILL__WER_THRESHOLDS='{\"cs\": 0.3}'.",
     )
-    device: TrainingDevice = Field(
+    device: DeviceChoice = Field(
         "auto",
         description="Where distillation trains: auto (this process's GPU when CUDA is there, else the CPU), cpu, or cuda.",
     )

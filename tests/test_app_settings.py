@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -31,6 +34,27 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUSH_SERVER__HOST", "")
     settings = ServerSettings()
     assert settings.runtime.threads == RuntimeSettings().threads and settings.server.host == "127.0.0.1"
+
+
+def test_every_setting_builds_from_the_environment_without_a_warning() -> None:
+    # a field type defined below its class once left pydantic-settings an unresolved forward reference;
+    # it warns once per process, so a fresh one checks
+    check = (
+        "from app.settings import ServerSettings; s = ServerSettings(); "
+        "print(s.runtime.device, s.distill.device)"
+    )
+    env = {**os.environ, "HUSH_RUNTIME__DEVICE": "cpu", "HUSH_DISTILL__DEVICE": "cuda"}
+    built = subprocess.run(
+        [sys.executable, "-W", "error", "-c", check], env=env, capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert built.stdout.split() == ["cpu", "cuda"]
+
+
+def test_a_device_setting_names_its_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUSH_DISTILL__DEVICE", "gpu")
+    with pytest.raises(ValidationError, match="'auto', 'cpu' or 'cuda'"):
+        ServerSettings()
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ a rebuilt corpus or another decoding starts afresh instead of mixing results.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +23,6 @@ class Hypothesis:
     compute_seconds: float
 
 
-def weights_digest(manifest: Manifest) -> str:
-    joined = "".join(f"{file.path}:{file.sha256};" for file in manifest.weights)
-    return hashlib.sha256(joined.encode()).hexdigest()[:16]
-
-
 def temperature_decoding(temperatures: tuple[float, ...]) -> str:
     """The decoding label of ``hush eval``'s transcripts: its temperatures, e.g. ``t0`` or ``t0_0.2``."""
     return "t" + "_".join(f"{temperature:g}" for temperature in temperatures)
@@ -42,7 +36,9 @@ class HypothesisLog:
 
     def __init__(self, root: Path, manifest: Manifest, corpus_sha256: str, split: str, decoding: str) -> None:
         self.path = (
-            root / manifest.id / f"{corpus_sha256[:16]}-{split}-{decoding}-{weights_digest(manifest)}.jsonl"
+            root
+            / manifest.id
+            / f"{corpus_sha256[:16]}-{split}-{decoding}-{manifest.weights_sha256()[:16]}.jsonl"
         )
 
     def load(self) -> dict[str, Hypothesis]:

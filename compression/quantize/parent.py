@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -58,8 +57,7 @@ class Parent:
 
     def weights_digest(self) -> str:
         """One SHA-256 over the parent's weight files (their hashes, in path order)."""
-        listing = "\n".join(f"{file.path} {file.sha256}" for file in sorted(self.manifest.weights, key=str))
-        return hashlib.sha256(listing.encode()).hexdigest()
+        return self.manifest.weights_sha256()
 
     def copy_assets(self, target: Path, *, skip_existing: bool = True) -> None:
         """Copy the configs, tokenizer and processor files (not the weights) into ``target``."""

@@ -13,9 +13,9 @@ from typing import get_args
 import torch
 
 from compression.training.distributed import SINGLE_PROCESS, Ranks
-from model_store.settings import TrainingDevice
+from model_store.settings import DeviceChoice
 
-DEVICE_CHOICES: tuple[str, ...] = get_args(TrainingDevice)  # the setting's values, stated there once
+DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceChoice)  # the setting's values, stated there once
 
 
 class NoTrainingDeviceError(RuntimeError):
