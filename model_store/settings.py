@@ -61,9 +61,7 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 class RuntimeSettings(BaseModel):
     """How models run on this machine."""
 
-    device: DeviceChoice = Field(
-        "auto", description="'auto' picks CUDA when a GPU is present, else the CPU."
-    )
+    device: DeviceChoice = Field("auto", description="'auto' picks CUDA when a GPU is present, else the CPU.")
     threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 keeps torch's default.")
     cuda_dtype: Literal["float16", "bfloat16", "float32"] = Field(
         "float16", description="Compute dtype on CUDA for variants stored in float32."

@@ -425,16 +425,21 @@ def test_guided_choices_must_be_supported_widths() -> None:
             )
 
 
+def calibration_batch() -> Batch:
+    """Two teacher-forced rows, the second shorter."""
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 50257]] * 2)
+    labels = ids.roll(-1, dims=1)
+    labels[:, :3] = IGNORE  # the forced prompt predicts nothing
+    labels[1, 5:] = IGNORE  # a shorter second row
+    return Batch(("a", "b"), features(), ids, labels)
+
+
 def test_model_output_sensitivity_is_one_kl_scale_and_leaves_the_weights_alone(
     teacher: WhisperForConditionalGeneration,
 ) -> None:
     model = shrink_student(teacher, 2).model
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 50257]] * 2)
-    labels = ids.roll(-1, dims=1)
-    labels[:, :3] = IGNORE  # the forced prompt predicts nothing
-    labels[1, 5:] = IGNORE  # a shorter second row
-    batch = Batch(("a", "b"), features(), ids, labels)
+    batch = calibration_batch()
     measured = output_sensitivity(model, [batch], (4, 8))
     assert set(measured) == {name for name, _ in decoder_linears(model)}
     for name, by_bits in measured.items():
@@ -449,10 +454,7 @@ def test_sensitivity_at_budget_judges_each_linear_with_the_others_at_the_uniform
 ) -> None:
     model = shrink_student(teacher, 2).model
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029, 50257]] * 2)
-    labels = ids.roll(-1, dims=1)
-    labels[:, :3] = IGNORE
-    batch = Batch(("a", "b"), features(), ids, labels)
+    batch = calibration_batch()
     at_budget = measure_sensitivity(
         "model-output-at-budget", model, [batch], (2, 4, 8), "per-channel", 64, average_bits=4.5
     )
