@@ -23,6 +23,7 @@ from compression.distill.fake_quant import (
 from compression.distill.guided import (
     choose_bits,
     cross_attention_states,
+    decision_costs,
     measure_sensitivity,
     output_sensitivity,
     target_logits,
@@ -480,6 +481,37 @@ def test_sensitivity_at_budget_judges_each_linear_with_the_others_at_the_uniform
         measure_sensitivity(
             "model-output-at-budget", model, [batch], (4, 8), "per-channel", 64, average_bits=3
         )
+
+
+def test_a_changed_greedy_decision_costs_what_a_greedy_decoder_would_lose() -> None:
+    end = 50257
+    labels = torch.tensor([[IGNORE, 10, 11, 12, 13, end], [IGNORE, 20, 21, end, IGNORE, IGNORE]])
+    batch = Batch(("a", "b"), torch.zeros(2, 4, 8), torch.zeros_like(labels), labels)
+    reference = labels[batch.mask]  # the float model's next tokens, in target order: 5 then 3
+    assert decision_costs(batch, reference, reference.clone(), end) == 0
+    substituted = reference.clone()
+    substituted[2] = 99  # one other token
+    assert decision_costs(batch, reference, substituted, end) == 1
+    stops = reference.clone()
+    stops[1] = end  # row a stops at its second target: it and the three after it are lost
+    assert decision_costs(batch, reference, stops, end) == 4
+    runs_on = reference.clone()
+    runs_on[7] = 5  # row b does not stop where the float model does: costed as its whole length
+    assert decision_costs(batch, reference, runs_on, end) == 3
+
+
+def test_decisions_at_budget_adds_the_changed_decisions_to_the_kl(
+    teacher: WhisperForConditionalGeneration,
+) -> None:
+    model = shrink_student(teacher, 2).model
+    batch = calibration_batch()
+    args = ([batch], (2, 4, 8), "per-channel", 64)
+    kl = measure_sensitivity("model-output-at-budget", model, *args, average_bits=4)
+    with_decisions = measure_sensitivity("decisions-at-budget", model, *args, average_bits=4)
+    assert with_decisions.keys() == kl.keys()
+    for name, by_bits in with_decisions.items():
+        assert all(by_bits[b] >= kl[name][b] for b in (2, 4, 8)), name
+    assert any(by_bits[2] > kl[name][2] for name, by_bits in with_decisions.items())  # 2 bits flip some
 
 
 def test_target_logits_with_reused_cross_attention_states_equal_a_full_pass(

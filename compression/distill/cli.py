@@ -47,7 +47,9 @@ def distill_command(
         typer.Option(
             help="Sensitivity for --guided-bits: linear-output (each Linear's own output error) or "
             "model-output (KL of the model's next-token distribution with that Linear quantized) or "
-            "model-output-at-budget (the same, every other Linear quantized at the budget's uniform width)."
+            "model-output-at-budget (the same, every other Linear quantized at the budget's uniform width) "
+            "or decisions-at-budget (that, plus the greedy decisions it changes, an early end-of-text "
+            "costing the rest of the transcript)."
         ),
     ] = "linear-output",
     guided_match: Annotated[

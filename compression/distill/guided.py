@@ -15,6 +15,9 @@ encoder outputs):
   the budget's uniform width (:func:`uniform_width`), so each Linear is judged where the choice is
   made, its interactions with the others' errors included. Measured alone, a dozen Linears were each
   harmless at 2 bits and together made the decoder stop early (README, session 10).
+* ``decisions-at-budget``: the last, plus per target token the greedy decisions the quantization
+  changes, an early end-of-text costing the rest of the transcript (:func:`decision_costs`): what a
+  greedy decoder loses, which the mean KL per token weighs as one position in thirty.
 
 :func:`choose_bits` starts every Linear at the lowest precision and repeatedly upgrades the Linear
 with the largest error reduction per extra byte while the total stays within the budget (average bits
@@ -43,11 +46,12 @@ from compression.distill.objective import logits_of
 from compression.training.dataset import Batch
 
 Sensitivity = dict[str, dict[int, float]]
-SensitivityMeasure = Literal["linear-output", "model-output", "model-output-at-budget"]
+SensitivityMeasure = Literal["linear-output", "model-output", "model-output-at-budget", "decisions-at-budget"]
 SENSITIVITY_MEASURES: tuple[SensitivityMeasure, ...] = (
     "linear-output",
     "model-output",
     "model-output-at-budget",
+    "decisions-at-budget",
 )
 
 
@@ -102,10 +106,12 @@ def output_sensitivity(
     group_size: int = DEFAULT_GROUP_SIZE,
     progress: bool = False,
     context_bits: int | None = None,
+    decisions: bool = False,
 ) -> Sensitivity:
     """Mean KL divergence per target token of the model's next-token distribution, float against each
     decoder Linear quantized at each of ``bits``: alone, or with ``context_bits`` every other decoder
-    Linear quantized at that width meanwhile. The weights are restored at the end."""
+    Linear quantized at that width meanwhile. With ``decisions`` the greedy decisions that change are
+    added (:func:`decision_costs`). The weights are restored at the end."""
     linears = list(decoder_linears(model))
     originals = {name: linear.weight.data for name, linear in linears}
 
@@ -122,13 +128,18 @@ def output_sensitivity(
         return torch.log_softmax(logits.double(), dim=-1)
 
     references = [(log_probs, log_probs.exp()) for log_probs in map(target_log_probs, range(len(batches)))]
+    choices = [log_probs.argmax(-1) for log_probs, _ in references]
+    end_of_text = int(model.config.eos_token_id)
     tokens = sum(batch.target_tokens for batch in batches) or 1
 
     def divergence(reuse_cross: bool = True) -> float:
         total = 0.0
         for index, (reference, probabilities) in enumerate(references):
-            per_token = (probabilities * (reference - target_log_probs(index, reuse_cross))).sum(-1)
+            log_probs = target_log_probs(index, reuse_cross)
+            per_token = (probabilities * (reference - log_probs)).sum(-1)
             total += float(per_token.sum().item())
+            if decisions:
+                total += decision_costs(batches[index], choices[index], log_probs.argmax(-1), end_of_text)
         return total / tokens
 
     context = dict(originals)
@@ -154,6 +165,22 @@ def output_sensitivity(
         for name, linear in linears:
             linear.weight.data = originals[name]
     return result
+
+
+def decision_costs(batch: Batch, reference: torch.Tensor, choice: torch.Tensor, end_of_text: int) -> float:
+    """Tokens a greedy decoder would get wrong where the quantized model's next token (``choice``, one
+    per target position, teacher-forced) differs from the float model's (``reference``): one for another
+    token; the rest of the transcript for an end-of-text before the float model's (a decoder that stops
+    there loses them); the whole transcript for no end-of-text where the float model ends (a decoder
+    that runs on repeats itself). The mean KL per token weighs an early stop as one position in thirty."""
+    mask = batch.mask
+    remaining = mask.flip(-1).cumsum(-1).flip(-1)[mask]  # target positions from here to the row's end
+    length = mask.sum(-1, keepdim=True).expand_as(mask)[mask]
+    changed = choice != reference
+    stops_early = changed & (choice == end_of_text)
+    runs_on = changed & (reference == end_of_text)
+    cost = torch.where(stops_early, remaining, torch.where(runs_on, length, changed.long()))
+    return float(cost.sum().item())
 
 
 CROSS_ATTENTION_INPUTS = ("encoder_attn.k_proj", "encoder_attn.v_proj")
@@ -203,11 +230,14 @@ def measure_sensitivity(
     average_bits: float | None = None,
 ) -> Sensitivity:
     """``average_bits`` (the budget) is needed by ``model-output-at-budget`` only."""
-    if measure == "model-output-at-budget":
+    if measure in ("model-output-at-budget", "decisions-at-budget"):
         if average_bits is None:
-            raise ValueError("the model-output-at-budget measure needs the budget's average bits")
+            raise ValueError(f"the {measure} measure needs the budget's average bits")
         context_bits = uniform_width(average_bits, bits)
-        return output_sensitivity(model, batches, bits, granularity, group_size, progress, context_bits)
+        decisions = measure == "decisions-at-budget"
+        return output_sensitivity(
+            model, batches, bits, granularity, group_size, progress, context_bits, decisions
+        )
     if measure == "model-output":  # one pass of every batch per Linear and width: minutes at base size
         return output_sensitivity(model, batches, bits, granularity, group_size, progress)
     return sensitivity(model, batches, bits, granularity, group_size)
