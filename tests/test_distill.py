@@ -21,6 +21,7 @@ from compression.distill.fake_quant import (
     remove_fake_quant,
 )
 from compression.distill.guided import (
+    batch_prompts,
     choose_bits,
     cross_attention_states,
     decision_costs,
@@ -512,6 +513,15 @@ def test_decisions_at_budget_adds_the_changed_decisions_to_the_kl(
     for name, by_bits in with_decisions.items():
         assert all(by_bits[b] >= kl[name][b] for b in (2, 4, 8)), name
     assert any(by_bits[2] > kl[name][2] for name, by_bits in with_decisions.items())  # 2 bits flip some
+
+
+def test_batch_prompts_end_at_the_token_that_predicts_the_first_target() -> None:
+    ids = torch.tensor([[50258, 50259, 50359, 50363, 440, 1029], [50258, 50260, 50359, 50363, 7, 0]])
+    labels = ids.roll(-1, dims=1)
+    labels[:, :3] = IGNORE
+    labels[1, 5:] = IGNORE
+    batch = Batch(("a", "b"), torch.zeros(2, 4, 8), ids, labels)
+    assert batch_prompts(batch) == [[50258, 50259, 50359, 50363], [50258, 50260, 50359, 50363]]
 
 
 def test_target_logits_with_reused_cross_attention_states_equal_a_full_pass(

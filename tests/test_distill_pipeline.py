@@ -220,6 +220,36 @@ def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStor
     assert set(manifest.recipe.args["guided"]["sensitivity"]) == set(bits)
 
 
+def test_guided_precision_on_greedy_transcripts_measures_every_linear_and_keeps_the_budget(
+    setup: tuple[HushSettings, ModelStore],
+) -> None:
+    settings, store = setup
+    plan = DistillPlan(
+        teacher="teacher",
+        variant_id="student-guided-transcripts",
+        languages=("en", "cs"),
+        decoder_layers=1,
+        preset="ce",
+        labels="gold",
+        guided_average_bits=4.0,
+        guided_choices=(2, 4, 8),
+        guided_measure="transcripts-at-budget",
+        steps=0,
+        batch_size=2,
+        eval_dev=False,
+    )
+    assert run_distillation(settings, store, plan, progress=False) is not None
+    guided = store.get("student-guided-transcripts").recipe.args["guided"]
+    assert guided["measure"] == "transcripts-at-budget" and guided["average_bits"] <= 4.0
+    sensitivity = guided["sensitivity"]
+    assert set(sensitivity) == set(guided["bits"])
+    # at the budget's width every Linear reads the uniform model's figure; 2 bits change more than 8
+    assert len({by_bits["4"] for by_bits in sensitivity.values()}) == 1
+    assert sum(by_bits["2"] for by_bits in sensitivity.values()) > sum(
+        by_bits["8"] for by_bits in sensitivity.values()
+    )
+
+
 def test_guided_matching_is_chosen_before_training_and_recorded(
     setup: tuple[HushSettings, ModelStore],
 ) -> None:

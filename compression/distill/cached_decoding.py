@@ -10,6 +10,7 @@ timestamps, temperature 0, so the text is what ``hush eval`` would produce for a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
@@ -69,6 +70,21 @@ class CachedGreedyDecoder:
                 repetition_limit=REPETITION_LIMIT,
             )
         return tokens
+
+    def token_ids_batch(self, hidden: torch.Tensor, prompts: Sequence[list[int]]) -> list[list[int]]:
+        """Greedy token ids of each row of ``hidden`` ``(rows, frames, d_model)`` after its prompt (one
+        length for all), one forward pass a step for every row; no experts."""
+        if self.experts is not None:
+            raise ValueError("a batched decode routes no experts: decode one utterance at a time")
+        decoded = self._decoder.decode_batch(
+            [row.unsqueeze(0).to(self.device, self._dtype) for row in hidden],
+            prompts,
+            temperature=0.0,
+            max_new_tokens=MAX_NEW_TOKENS,
+            with_timestamps=False,
+            repetition_limits=[REPETITION_LIMIT] * len(prompts),
+        )
+        return [tokens for tokens, _, _ in decoded]
 
     def text(self, hidden: torch.Tensor, language: str) -> str:
         return self._decoder.text(self.token_ids(hidden, language)).strip()

@@ -49,7 +49,8 @@ def distill_command(
             "model-output (KL of the model's next-token distribution with that Linear quantized) or "
             "model-output-at-budget (the same, every other Linear quantized at the budget's uniform width) "
             "or decisions-at-budget (that, plus the greedy decisions it changes, an early end-of-text "
-            "costing the rest of the transcript)."
+            "costing the rest of the transcript) or transcripts-at-budget (the at-budget KL plus the token "
+            "edits of the calibration utterances' greedy transcripts; slowest)."
         ),
     ] = "linear-output",
     guided_match: Annotated[

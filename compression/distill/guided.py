@@ -18,6 +18,10 @@ encoder outputs):
 * ``decisions-at-budget``: the last, plus per target token the greedy decisions the quantization
   changes, an early end-of-text costing the rest of the transcript (:func:`decision_costs`): what a
   greedy decoder loses, which the mean KL per token weighs as one position in thirty.
+* ``transcripts-at-budget``: the at-budget KL plus, per target token, the token edits between each
+  calibration utterance's greedy transcript (free-running, batched) and the float model's: what
+  teacher forcing cannot see, an early stop after the decoder's own mistakes. A batched greedy decode
+  of every calibration batch per Linear and width: the slowest measure by far.
 
 :func:`choose_bits` starts every Linear at the lowest precision and repeatedly upgrades the Linear
 with the largest error reduction per extra byte while the total stays within the budget (average bits
@@ -26,10 +30,11 @@ per decoder Linear weight), a greedy knapsack.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
+from rapidfuzz.distance import Levenshtein
 from torch import nn
 from tqdm import tqdm
 from transformers import DynamicCache, EncoderDecoderCache, WhisperForConditionalGeneration
@@ -46,13 +51,17 @@ from compression.distill.objective import logits_of
 from compression.training.dataset import Batch
 
 Sensitivity = dict[str, dict[int, float]]
-SensitivityMeasure = Literal["linear-output", "model-output", "model-output-at-budget", "decisions-at-budget"]
+SensitivityMeasure = Literal[
+    "linear-output", "model-output", "model-output-at-budget", "decisions-at-budget", "transcripts-at-budget"
+]
 SENSITIVITY_MEASURES: tuple[SensitivityMeasure, ...] = (
     "linear-output",
     "model-output",
     "model-output-at-budget",
     "decisions-at-budget",
+    "transcripts-at-budget",
 )
+Transcriber = Callable[[Batch], list[list[int]]]  # greedy token ids of each row of a batch, after its prompt
 
 
 @torch.no_grad()
@@ -107,11 +116,13 @@ def output_sensitivity(
     progress: bool = False,
     context_bits: int | None = None,
     decisions: bool = False,
+    transcribe: Transcriber | None = None,
 ) -> Sensitivity:
     """Mean KL divergence per target token of the model's next-token distribution, float against each
     decoder Linear quantized at each of ``bits``: alone, or with ``context_bits`` every other decoder
     Linear quantized at that width meanwhile. With ``decisions`` the greedy decisions that change are
-    added (:func:`decision_costs`). The weights are restored at the end."""
+    added (:func:`decision_costs`); with ``transcribe`` the token edits of each calibration utterance's
+    greedy transcript against the float model's. The weights are restored at the end."""
     linears = list(decoder_linears(model))
     originals = {name: linear.weight.data for name, linear in linears}
 
@@ -129,8 +140,11 @@ def output_sensitivity(
 
     references = [(log_probs, log_probs.exp()) for log_probs in map(target_log_probs, range(len(batches)))]
     choices = [log_probs.argmax(-1) for log_probs, _ in references]
-    end_of_text = int(model.config.eos_token_id)
+    end_of_text = model.config.eos_token_id
+    if not isinstance(end_of_text, int):
+        raise ValueError(f"the model's config names no single end-of-text token: {end_of_text!r}")
     tokens = sum(batch.target_tokens for batch in batches) or 1
+    transcripts = [transcribe(batch) for batch in batches] if transcribe is not None else []
 
     def divergence(reuse_cross: bool = True) -> float:
         total = 0.0
@@ -140,6 +154,9 @@ def output_sensitivity(
             total += float(per_token.sum().item())
             if decisions:
                 total += decision_costs(batches[index], choices[index], log_probs.argmax(-1), end_of_text)
+            if transcribe is not None:
+                edits = map(Levenshtein.distance, transcripts[index], transcribe(batches[index]))
+                total += float(sum(edits))
         return total / tokens
 
     context = dict(originals)
@@ -181,6 +198,15 @@ def decision_costs(batch: Batch, reference: torch.Tensor, choice: torch.Tensor, 
     runs_on = changed & (reference == end_of_text)
     cost = torch.where(stops_early, remaining, torch.where(runs_on, length, changed.long()))
     return float(cost.sum().item())
+
+
+def batch_prompts(batch: Batch) -> list[list[int]]:
+    """Each row's decoder prompt: its input tokens up to the one that predicts its first target."""
+    first_targets = batch.mask.int().argmax(-1)
+    return [
+        row[: int(first) + 1].tolist()
+        for row, first in zip(batch.decoder_input_ids, first_targets, strict=True)
+    ]
 
 
 CROSS_ATTENTION_INPUTS = ("encoder_attn.k_proj", "encoder_attn.v_proj")
@@ -228,15 +254,19 @@ def measure_sensitivity(
     group_size: int,
     progress: bool = False,
     average_bits: float | None = None,
+    transcribe: Transcriber | None = None,
 ) -> Sensitivity:
-    """``average_bits`` (the budget) is needed by ``model-output-at-budget`` only."""
-    if measure in ("model-output-at-budget", "decisions-at-budget"):
+    """``average_bits`` (the budget) is needed by the ``-at-budget`` measures, ``transcribe`` (the
+    model's greedy decoder, :func:`batch_prompts`) by ``transcripts-at-budget``."""
+    if measure in ("model-output-at-budget", "decisions-at-budget", "transcripts-at-budget"):
         if average_bits is None:
             raise ValueError(f"the {measure} measure needs the budget's average bits")
+        if measure == "transcripts-at-budget" and transcribe is None:
+            raise ValueError("the transcripts-at-budget measure needs a greedy decoder of the model")
         context_bits = uniform_width(average_bits, bits)
         decisions = measure == "decisions-at-budget"
         return output_sensitivity(
-            model, batches, bits, granularity, group_size, progress, context_bits, decisions
+            model, batches, bits, granularity, group_size, progress, context_bits, decisions, transcribe
         )
     if measure == "model-output":  # one pass of every batch per Linear and width: minutes at base size
         return output_sensitivity(model, batches, bits, granularity, group_size, progress)

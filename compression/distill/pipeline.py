@@ -31,7 +31,13 @@ from compression.distill.fake_quant import (
     frozen_linears,
     quantize_in_place,
 )
-from compression.distill.guided import choose_bits, linear_sizes, measure_sensitivity
+from compression.distill.guided import (
+    Transcriber,
+    batch_prompts,
+    choose_bits,
+    linear_sizes,
+    measure_sensitivity,
+)
 from compression.distill.guided_matching import choose_matching
 from compression.distill.losses import FeatureAdapter
 from compression.distill.objective import DistillObjective, loss_config
@@ -134,7 +140,11 @@ def _static_matching(student: Student, teacher_layers: int) -> list[int]:
 
 
 def _guided_precision(
-    plan: DistillPlan, model: WhisperForConditionalGeneration, calibration: list[Batch], progress: bool
+    plan: DistillPlan,
+    model: WhisperForConditionalGeneration,
+    calibration: list[Batch],
+    progress: bool,
+    transcribe: Transcriber | None,
 ) -> tuple[dict[str, QuantSpec], dict[str, Any]]:
     """Bits per decoder Linear from their measured sensitivities under the plan's budget, and the
     record of the choice for the manifest."""
@@ -148,6 +158,7 @@ def _guided_precision(
         plan.group_size,
         progress,
         plan.guided_average_bits,
+        transcribe,
     )
     sizes = linear_sizes(model)
     bits = choose_bits(sens, sizes, plan.guided_average_bits, plan.guided_choices)
@@ -246,7 +257,12 @@ def run_distillation(
     calibration = (
         [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))] if guided else []
     )
-    specs = _training_precision(plan, model, calibration, report, progress)
+    transcribe = None
+    if plan.guided_measure == "transcripts-at-budget":
+        transcribe = _greedy_transcriber(
+            CachedGreedyDecoder(model, tokenizer, tokens, generation, device=place)
+        )
+    specs = _training_precision(plan, model, calibration, report, progress, transcribe)
     if specs:
         apply_fake_quant(model, specs)  # QAD: train through the quantizer (guided is QAD at mixed bits)
 
@@ -278,6 +294,15 @@ def run_distillation(
         report["quick_dev"] = {language: asdict(score) for language, score in summarize_quick(scores).items()}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return DistillOutcome(manifest, report)
+
+
+def _greedy_transcriber(decoder: CachedGreedyDecoder) -> Transcriber:
+    """The greedy token ids of each row of a batch, by ``decoder``'s model as its weights are then."""
+
+    def transcribe(batch: Batch) -> list[list[int]]:
+        return decoder.token_ids_batch(batch.encoder_hidden, batch_prompts(batch))
+
+    return transcribe
 
 
 def _check_guided_match(plan: DistillPlan, student: Student) -> None:
@@ -326,11 +351,12 @@ def _training_precision(
     calibration: list[Batch],
     report: dict[str, Any],
     progress: bool,
+    transcribe: Transcriber | None = None,
 ) -> dict[str, QuantSpec]:
     """The decoder Linears' quantization during training: guided mixed bits, uniform QAD bits, or
     none (float training; PTQ, if asked, comes after)."""
     if plan.guided_average_bits is not None:
-        specs, report["guided"] = _guided_precision(plan, model, calibration, progress)
+        specs, report["guided"] = _guided_precision(plan, model, calibration, progress, transcribe)
         return specs
     if plan.qad_bits is not None:
         return {name: quant_spec(plan, plan.qad_bits) for name, _ in decoder_linears(model)}
