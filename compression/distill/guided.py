@@ -160,19 +160,20 @@ def output_sensitivity(
         return total / tokens
 
     context = dict(originals)
-    if context_bits is not None:
-        context = {name: quantized(name, context_bits) for name in originals}
-        for name, linear in linears:
-            linear.weight.data = context[name]
-        cross = [cross_attention_states(model, batch.encoder_hidden) for batch in batches]
-    baseline = divergence() if context_bits is not None else None
     result: Sensitivity = {}
     try:
+        baseline = None
+        if context_bits is not None:
+            context = {name: quantized(name, context_bits) for name in originals}
+            for name, linear in linears:
+                linear.weight.data = context[name]
+            cross = [cross_attention_states(model, batch.encoder_hidden) for batch in batches]
+            baseline = divergence()
         for name, linear in tqdm(linears, desc="sensitivity", unit="Linear", disable=not progress):
             reuse_cross = not name.endswith(CROSS_ATTENTION_INPUTS)
             result[name] = {}
             for b in bits:
-                if b == context_bits and baseline is not None:
+                if baseline is not None and b == context_bits:
                     result[name][b] = baseline  # every Linear at the context width: the uniform model
                     continue
                 linear.weight.data = quantized(name, b)
