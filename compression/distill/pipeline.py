@@ -288,7 +288,7 @@ def run_distillation(
             student_cache,
             corpus.id,
             dev_set,
-            log=HypothesisLog(settings.eval_dir, manifest, corpus.sha256, "dev", QUICK_DECODING),
+            HypothesisLog(settings.eval_dir, manifest, corpus.sha256, "dev", QUICK_DECODING),
             progress=progress,
         )
         report["quick_dev"] = {language: asdict(score) for language, score in summarize_quick(scores).items()}
@@ -527,4 +527,4 @@ def variant_quick_scores(
     log = HypothesisLog(settings.eval_dir, manifest, corpus.sha256, split, QUICK_DECODING)
     if fresh:
         log.clear()
-    return quick_scores(decoder, cache, corpus.id, utterances, log=log, progress=progress)
+    return quick_scores(decoder, cache, corpus.id, utterances, log, progress=progress)

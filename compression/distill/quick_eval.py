@@ -10,20 +10,15 @@ The transcripts go to a :class:`~compression.evaluation.hypotheses.HypothesisLog
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
 from compression.data.corpus import Utterance
 from compression.distill.cached_decoding import CachedGreedyDecoder
-from compression.evaluation.hypotheses import Hypothesis, HypothesisLog
+from compression.evaluation.hypotheses import Hypothesis, HypothesisLog, score_hypotheses
 from compression.training.encoder_cache import EncoderCache
-from model_store.scoring import UtteranceScore, compare_by_language, score_utterance, summarize
-
-logger = logging.getLogger(__name__)
+from model_store.scoring import UtteranceScore, compare_by_language, summarize
 
 POOLED_ROW = "all"  # the pooled row of a comparison: every compared utterance together
 
@@ -54,43 +49,21 @@ def quick_scores(
     cache: EncoderCache,
     corpus_id: str,
     utterances: Sequence[Utterance],
+    log: HypothesisLog,
     *,
-    log: HypothesisLog | None = None,
     progress: bool = True,
 ) -> list[UtteranceScore]:
-    """Each scorable utterance's edits (normalised text) by ``decoder``. With ``log`` the transcripts
-    it holds are read instead of decoded again, and new ones are appended to it."""
-    done = {} if log is None else log.load()
-    todo = [utterance for utterance in utterances if utterance.id not in done]
-    if log is not None and len(todo) < len(utterances):
-        logger.info(
-            "quick eval: %d of %d transcripts read from %s",
-            len(utterances) - len(todo),
-            len(utterances),
-            log.path,
-        )
-    for utterance in tqdm(todo, desc="quick eval", unit="utt", disable=not progress):
+    """Each scorable utterance's edits (normalised text) by ``decoder``: the transcripts ``log`` holds
+    are read instead of decoded again, and new ones are appended to it."""
+
+    def transcribe(utterance: Utterance) -> Hypothesis:
         started = time.perf_counter()
         text = decoder.text(cache.load(corpus_id, utterance.id).float(), utterance.language)
-        record = Hypothesis(
-            id=utterance.id,
-            language=utterance.language,
-            reference=utterance.text,
-            hypothesis=text,
-            audio_seconds=utterance.duration,
-            compute_seconds=round(time.perf_counter() - started, 4),
-        )
-        if log is not None:
-            log.append(record)
-        done[utterance.id] = record
-    scores: list[UtteranceScore] = []
-    for utterance in utterances:
-        score = score_utterance(
-            utterance.id, utterance.language, utterance.text, done[utterance.id].hypothesis
-        )
-        if score is not None:
-            scores.append(score)
-    return scores
+        return Hypothesis.of(utterance, text, time.perf_counter() - started)
+
+    return score_hypotheses(
+        log.complete(utterances, transcribe, desc="quick eval", progress=progress).values()
+    )
 
 
 def summarize_quick(scores: Sequence[UtteranceScore]) -> dict[str, QuickScore]:

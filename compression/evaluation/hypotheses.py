@@ -7,10 +7,18 @@ a rebuilt corpus or another decoding starts afresh instead of mixing results.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
+from compression.data.corpus import Utterance
 from model_store.manifest import Manifest
+from model_store.scoring import UtteranceScore, score_utterance
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,18 @@ class Hypothesis:
     hypothesis: str
     audio_seconds: float
     compute_seconds: float
+
+    @classmethod
+    def of(cls, utterance: Utterance, text: str, compute_seconds: float) -> Hypothesis:
+        """``text`` as the transcript of ``utterance``, made in ``compute_seconds``."""
+        return cls(
+            id=utterance.id,
+            language=utterance.language,
+            reference=utterance.text,
+            hypothesis=text,
+            audio_seconds=utterance.duration,
+            compute_seconds=round(compute_seconds, 4),
+        )
 
 
 def temperature_decoding(temperatures: tuple[float, ...]) -> str:
@@ -62,6 +82,42 @@ class HypothesisLog:
             stream.write((json.dumps(asdict(hypothesis), ensure_ascii=False) + "\n").encode("utf-8"))
             stream.flush()
 
+    def complete(
+        self,
+        utterances: Sequence[Utterance],
+        transcribe: Callable[[Utterance], Hypothesis],
+        *,
+        desc: str,
+        progress: bool = True,
+    ) -> dict[str, Hypothesis]:
+        """Every utterance's hypothesis: the ones this log holds read back, the others made by
+        ``transcribe`` and appended as they come (a killed run resumes where it stopped)."""
+        done = self.load()
+        todo = [utterance for utterance in utterances if utterance.id not in done]
+        if len(todo) < len(utterances):
+            logger.info(
+                "%s: %d of %d transcripts read from %s",
+                desc,
+                len(utterances) - len(todo),
+                len(utterances),
+                self.path,
+            )
+        for utterance in tqdm(todo, desc=desc, unit="utt", disable=not progress):
+            record = transcribe(utterance)
+            self.append(record)
+            done[utterance.id] = record
+        return {utterance.id: done[utterance.id] for utterance in utterances}
+
     def clear(self) -> None:
         """Forget every transcript (decode afresh, say after a change to the decoding code)."""
         self.path.unlink(missing_ok=True)
+
+
+def score_hypotheses(hypotheses: Iterable[Hypothesis]) -> list[UtteranceScore]:
+    """The scorable hypotheses' edits against their references (normalised text and raw)."""
+    scores = []
+    for record in hypotheses:
+        score = score_utterance(record.id, record.language, record.reference, record.hypothesis)
+        if score is not None:
+            scores.append(score)
+    return scores

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from compression.data.corpus import Corpus, Utterance
-from compression.evaluation.hypotheses import Hypothesis, HypothesisLog, temperature_decoding
+from compression.evaluation.hypotheses import (
+    Hypothesis,
+    HypothesisLog,
+    score_hypotheses,
+    temperature_decoding,
+)
 from model_store.manifest import EvalReport, LanguageScore
 from model_store.opener import open_variant
 from model_store.scoring import (
     LanguageComparison,
-    UtteranceScore,
     bootstrap_ci,
     compare_by_language,
-    score_utterance,
     summarize,
 )
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions, Transcriber
-
-logger = logging.getLogger(__name__)
 
 # Greedy decoding without temperature fallback: deterministic, and what the compression papers report.
 # Sampling fallbacks on languages a small model barely knows cost minutes of hallucinated tokens.
@@ -78,37 +76,14 @@ def transcribe_split(
     progress: bool = True,
 ) -> dict[str, Hypothesis]:
     """Transcribe what the log does not hold yet; returns every utterance's hypothesis."""
-    done = log.load()
-    todo = [utterance for utterance in utterances if utterance.id not in done]
-    if done:
-        logger.info(
-            "resuming: %d of %d utterances already transcribed", len(utterances) - len(todo), len(utterances)
-        )
-    for utterance in tqdm(todo, desc=f"eval {transcriber.manifest.id}", unit="utt", disable=not progress):
+
+    def transcribe(utterance: Utterance) -> Hypothesis:
         audio = utterance.load_audio()
         started = time.perf_counter()
         result = transcriber.transcribe(audio, evaluation_options(utterance.language, temperatures))
-        elapsed = time.perf_counter() - started
-        record = Hypothesis(
-            id=utterance.id,
-            language=utterance.language,
-            reference=utterance.text,
-            hypothesis=result.text,
-            audio_seconds=utterance.duration,
-            compute_seconds=round(elapsed, 4),
-        )
-        log.append(record)
-        done[utterance.id] = record
-    return {utterance.id: done[utterance.id] for utterance in utterances}
+        return Hypothesis.of(utterance, result.text, time.perf_counter() - started)
 
-
-def score_hypotheses(hypotheses: Sequence[Hypothesis]) -> list[UtteranceScore]:
-    scores = []
-    for record in hypotheses:
-        score = score_utterance(record.id, record.language, record.reference, record.hypothesis)
-        if score is not None:
-            scores.append(score)
-    return scores
+    return log.complete(utterances, transcribe, desc=f"eval {transcriber.manifest.id}", progress=progress)
 
 
 def build_report(
