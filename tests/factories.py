@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from compression.data.audio_io import write_flac
+from compression.data.corpus import Record, write_index
 from compression.importers.bundles import locate_bundle
 from compression.importers.publish import publish_imported
 from compression.importers.sources import ImportedWhisper
@@ -100,3 +103,19 @@ def multilingual_special_tokens(languages: dict[str, int]) -> SpecialTokens:
         timestamp_begin=50364,
         languages=languages,
     )
+
+
+def tiny_corpus(directory: Path) -> Path:
+    records = []
+    for language in ("en", "cs"):
+        for number, split in enumerate(("train", "train", "train", "train", "dev", "test", "test")):
+            path = f"audio/{language}/t/{language}{number}.flac"
+            tone = 0.3 * np.sin(2 * np.pi * (200 + 70 * number) * np.arange(16_000) / 16_000)
+            samples = (tone * 32767).astype(np.int16)
+            write_flac(directory / path, samples)
+            text = f"tone number {number}"
+            records.append(
+                Record(f"{language}-{number}", path, language, text, 1.0, "t", "s", split, True, "CC0")
+            )
+    write_index(directory, "tiny-corpus", records, {"made": "by a test"})
+    return directory

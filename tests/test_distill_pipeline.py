@@ -8,14 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import pytest
 import torch
 import typer
 from typer.testing import CliRunner
 
-from compression.data.audio_io import write_flac
-from compression.data.corpus import Record, write_index
+from compression.data.corpus import Corpus
 from compression.distill.cli import distill_command, quick_eval_command
 from compression.distill.pipeline import run_distillation, variant_quick_scores
 from compression.distill.plan import DistillPlan
@@ -23,6 +21,7 @@ from compression.distill.quick_eval import POOLED_ROW, compare_quick, summarize_
 from compression.distill.students import IncompatibleStudentError
 from compression.quantize.methods import quantize_variant
 from compression.training.placement import NoTrainingDeviceError
+from compression.training.selection import select_utterances
 from model_store.backends.quantized_loading import load_model, weights_format
 from model_store.opener import open_variant
 from model_store.scoring import score_utterance
@@ -30,22 +29,7 @@ from model_store.settings import HushSettings, RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions
 from tests.conftest import sine
-from tests.factories import publish_tiny_variant
-
-
-def tiny_corpus(directory: Path) -> Path:
-    records = []
-    for language in ("en", "cs"):
-        for number, split in enumerate(("train", "train", "train", "train", "dev", "test", "test")):
-            path = f"audio/{language}/t/{language}{number}.flac"
-            samples = (sine(1.0, 200 + 70 * number) * 32767).astype(np.int16)
-            write_flac(directory / path, samples)
-            text = f"tone number {number}"
-            records.append(
-                Record(f"{language}-{number}", path, language, text, 1.0, "t", "s", split, True, "CC0")
-            )
-    write_index(directory, "tiny-corpus", records, {"made": "by a test"})
-    return directory
+from tests.factories import publish_tiny_variant, tiny_corpus
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +400,71 @@ def test_a_qad_student_trains_on_from_its_low_bit_codes(setup: tuple[HushSetting
     )  # type: ignore[arg-type]
     with pytest.raises(IncompatibleStudentError, match="torch-dynamic-int8 weights, which cannot be trained"):
         run_distillation(settings, store, refused, progress=False)
+
+
+def test_guided_precision_calibrates_on_held_out_train_utterances_when_asked(
+    setup: tuple[HushSettings, ModelStore],
+) -> None:
+    settings, store = setup
+    plan = DistillPlan(
+        teacher="teacher",
+        variant_id="student-guided-held-out",
+        languages=("en", "cs"),
+        per_language=2,
+        decoder_layers=1,
+        preset="ce",
+        labels="gold",
+        guided_average_bits=4.0,
+        guided_choices=(2, 4, 8),
+        calibration="held-out",
+        steps=1,
+        batch_size=2,
+        eval_dev=False,
+    )
+    outcome = run_distillation(settings, store, plan, progress=False)
+    assert outcome is not None
+    recorded = store.get("student-guided-held-out").recipe.args["calibration"]
+    corpus = Corpus.open(settings.eval.corpus)
+    trained = {u.id for u in select_utterances(corpus, "train", ("en", "cs"), 2)}
+    train_split = {u.id for u in corpus.utterances("train", ["en", "cs"])}
+    assert recorded["source"] == "held-out"
+    assert len(recorded["utterances"]) == 4  # the two of each language the sample leaves out
+    assert set(recorded["utterances"]) == train_split - trained
+    on_train = dataclasses.replace(plan, variant_id="student-guided-train", calibration="train")
+    outcome = run_distillation(settings, store, on_train, progress=False)
+    assert outcome is not None and set(outcome.report["calibration"]["utterances"]) <= trained
+
+
+def test_held_out_calibration_is_refused_where_it_means_nothing() -> None:
+    with pytest.raises(ValueError, match="for --guided-bits or --guided-match"):
+        DistillPlan(teacher="t", variant_id="v", languages=("en",), calibration="held-out")
+    with pytest.raises(ValueError, match="whole train split leaves none out"):
+        DistillPlan(
+            teacher="t",
+            variant_id="v",
+            languages=("en",),
+            per_language=None,
+            guided_average_bits=4.0,
+            calibration="held-out",
+        )
+    with pytest.raises(ValueError, match="calibration must be train or held-out"):
+        DistillPlan(teacher="t", variant_id="v", languages=("en",), calibration="dev")  # type: ignore[arg-type]
+
+
+def test_held_out_calibration_with_nothing_left_out_says_so(setup: tuple[HushSettings, ModelStore]) -> None:
+    settings, store = setup
+    plan = DistillPlan(
+        teacher="teacher",
+        variant_id="student-nothing-held-out",
+        languages=("en",),
+        per_language=4,
+        decoder_layers=1,
+        preset="ce",
+        labels="gold",
+        guided_average_bits=4.0,
+        calibration="held-out",
+        steps=0,
+        eval_dev=False,
+    )
+    with pytest.raises(ValueError, match="uses every train utterance of en"):
+        run_distillation(settings, store, plan, progress=False)

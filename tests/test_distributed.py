@@ -20,8 +20,7 @@ from compression.training.distributed import Ranks
 from compression.training.loop import LossTerms, TrainingOptions, train
 from model_store.store import ModelStore
 from tests.app_support import free_port
-from tests.factories import publish_tiny_variant
-from tests.test_distill_pipeline import tiny_corpus
+from tests.factories import publish_tiny_variant, tiny_corpus
 
 STEPS = 4
 OPTIONS = TrainingOptions(steps=STEPS, batch_size=6, learning_rate=0.05, warmup_steps=1, checkpoint_every=2)

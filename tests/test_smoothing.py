@@ -28,8 +28,7 @@ from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions
 from tests.conftest import sine
-from tests.factories import publish_tiny_variant, tiny_random_whisper
-from tests.test_distill_pipeline import tiny_corpus
+from tests.factories import publish_tiny_variant, tiny_corpus, tiny_random_whisper
 
 OUTLIER_CHANNELS = (3, 17)
 

@@ -60,6 +60,14 @@ def distill_command(
             "teacher layer, measured before training (needs the dq-whisper preset)."
         ),
     ] = None,
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help="What --guided-bits and --guided-match measure on: train (the run's first training "
+            "batches) or held-out (train utterances of the languages that --per-language leaves out, "
+            "gold transcripts; as many)."
+        ),
+    ] = "train",
     granularity: Annotated[
         str,
         typer.Option(help="Scales per-channel, per-tensor, or per-group (of --group-size input columns)."),
@@ -121,6 +129,7 @@ def distill_command(
             guided_measure=guided_measure,  # type: ignore[arg-type]  # checked by DistillPlan
             guided_choices=tuple(int(bits) for bits in comma_list(guided_choices)),
             guided_match_layers=guided_match,
+            calibration=calibration,  # type: ignore[arg-type]  # checked by DistillPlan
             granularity=granularity,  # type: ignore[arg-type]
             group_size=group_size,
             quantize_scope=quantize_scope,  # type: ignore[arg-type]  # checked by DistillPlan

@@ -23,6 +23,7 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 
 from compression.data.corpus import Corpus, Utterance
 from compression.distill.cached_decoding import CachedGreedyDecoder
+from compression.distill.calibration import calibration_batches, held_out_calibration_set
 from compression.distill.export import dq_rule_bytes, parameter_count, weight_bytes, write_student
 from compression.distill.fake_quant import (
     QuantSpec,
@@ -207,8 +208,10 @@ def run_distillation(
         # 1-2: data and encoder caches
         train_set = select_utterances(corpus, "train", plan.languages, plan.per_language, seed=plan.seed)
         dev_set = select_utterances(corpus, "dev", plan.languages, None, seed=plan.seed)
+        held_out = held_out_calibration_set(corpus, plan) if plan.calibration == "held-out" else []
+        encoded = [*train_set, *dev_set, *held_out]
         teacher_cache = EncoderCache(settings.cache_dir / "encoder", teacher.model.encoder, device=place)
-        teacher_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
+        teacher_cache.fill(corpus.id, encoded, progress=progress)
         student, frozen_specs = quantize_frozen_parts(plan, build_student(plan, teacher, store))
         student.model.to(place)  # type: ignore[arg-type]  # a pretrained student loads on the CPU
         _check_guided_match(plan, student)
@@ -217,7 +220,7 @@ def run_distillation(
             student_cache = EncoderCache(
                 settings.cache_dir / "encoder", student.model.model.encoder, device=place
             )
-            student_cache.fill(corpus.id, [*train_set, *dev_set], progress=progress)
+            student_cache.fill(corpus.id, encoded, progress=progress)
 
         # 3: labels
         decoder = CachedGreedyDecoder(teacher, tokenizer, tokens, generation, device=place)
@@ -232,11 +235,7 @@ def run_distillation(
             report,
             progress,
         )
-    by_id = {utterance.id: utterance for utterance in train_set}
-    examples = [
-        Example(uid, by_id[uid].language, tuple(decoder.text_tokens(" " + text.strip())))
-        for uid, text in sorted(texts.items())
-    ]
+    examples = _examples(decoder, train_set, texts)
     report["train_utterances"] = len(examples)
 
     # 4-5: student and precision
@@ -252,11 +251,7 @@ def run_distillation(
         ranks=ranks,
         device=place,
     )
-    # guided choices are made on whole batches: every process must choose the same
-    guided = plan.guided_average_bits is not None or plan.guided_match_layers is not None
-    calibration = (
-        [batches.whole_batch(step) for step in range(min(4, batches.batches_per_epoch))] if guided else []
-    )
+    calibration = _calibration(plan, batches, decoder, held_out, report)
     transcribe = None
     if plan.guided_measure == "transcripts-at-budget":
         transcribe = _greedy_transcriber(
@@ -294,6 +289,41 @@ def run_distillation(
         report["quick_dev"] = {language: asdict(score) for language, score in summarize_quick(scores).items()}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return DistillOutcome(manifest, report)
+
+
+def _calibration(
+    plan: DistillPlan,
+    batches: CachedBatches,
+    decoder: CachedGreedyDecoder,
+    held_out: list[Utterance],
+    report: dict[str, Any],
+) -> list[Batch]:
+    """The whole batches guided choices are measured on (every process must choose the same): the
+    first training batches, or the held-out utterances with their gold transcripts; none when nothing
+    is guided. Which utterances they were goes in the report."""
+    if plan.guided_average_bits is None and plan.guided_match_layers is None:
+        return []
+    source = batches
+    if plan.calibration == "held-out":
+        gold = {utterance.id: utterance.text for utterance in held_out}
+        source = batches.with_examples(_examples(decoder, held_out, gold))
+    calibration = calibration_batches(source)
+    report["calibration"] = {
+        "source": plan.calibration,
+        "utterances": sorted(uid for batch in calibration for uid in batch.utterance_ids),
+    }
+    return calibration
+
+
+def _examples(
+    decoder: CachedGreedyDecoder, utterances: list[Utterance], texts: dict[str, str]
+) -> list[Example]:
+    """Each utterance of ``texts`` (id -> text to learn) as decoder tokens, in id order."""
+    by_id = {utterance.id: utterance for utterance in utterances}
+    return [
+        Example(uid, by_id[uid].language, tuple(decoder.text_tokens(" " + text.strip())))
+        for uid, text in sorted(texts.items())
+    ]
 
 
 def _greedy_transcriber(decoder: CachedGreedyDecoder) -> Transcriber:
@@ -466,7 +496,7 @@ def _publish(
             "sizes": sizes,
             **{k: report[k] for k in ("corpus", "corpus_sha256", "train_utterances") if k in report},
         }
-        for key in ("pseudo_labels", "training", "guided", "guided_matching"):
+        for key in ("pseudo_labels", "training", "calibration", "guided", "guided_matching"):
             if key in report:
                 recipe_args[key] = report[key]
         dtype = (

@@ -11,6 +11,9 @@ from compression.distill.objective import LOSS_PRESETS, Matching
 
 Labels = Literal["pseudo", "gold"]
 QuantizeScope = Literal["decoder", "model"]
+# where guided choices are measured: the first training batches, or train utterances the run leaves out
+CalibrationSource = Literal["train", "held-out"]
+CALIBRATION_SOURCES: tuple[CalibrationSource, ...] = ("train", "held-out")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class DistillPlan:
     guided_choices: tuple[int, ...] = (4, 8)  # the bit widths guided chooses from for each Linear
     guided_measure: SensitivityMeasure = "linear-output"  # how guided measures sensitivity (guided.py)
     guided_match_layers: int | None = None  # hidden states distilled into this many layers only
+    calibration: CalibrationSource = "train"  # the utterances guided measures on (calibration.py)
     train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
     steps: int = 200
     batch_size: int = 8
@@ -71,6 +75,17 @@ class DistillPlan:
             if self.preset not in LOSS_PRESETS or LOSS_PRESETS[self.preset].hidden <= 0:
                 raise ValueError(
                     f"--guided-match needs a preset with hidden-state distillation (dq-whisper), not {self.preset!r}"
+                )
+        if self.calibration not in CALIBRATION_SOURCES:
+            raise ValueError(
+                f"calibration must be {' or '.join(CALIBRATION_SOURCES)}, not {self.calibration!r}"
+            )
+        if self.calibration == "held-out":
+            if self.guided_average_bits is None and self.guided_match_layers is None:
+                raise ValueError("--calibration held-out is for --guided-bits or --guided-match")
+            if self.per_language is None:
+                raise ValueError(
+                    "--calibration held-out needs --per-language: the whole train split leaves none out"
                 )
         if self.granularity not in ("per-channel", "per-tensor", "per-group"):
             raise ValueError(

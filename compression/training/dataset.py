@@ -111,6 +111,21 @@ class CachedBatches:
         self.device = device or torch.device("cpu")
         self.ranks = ranks  # several training processes: each loads and learns from its share
 
+    def with_examples(self, examples: Sequence[Example]) -> CachedBatches:
+        """Batches of other ``examples`` from the same caches, with the same batch size, seed,
+        processes and device (the examples must be in the caches)."""
+        return CachedBatches(
+            examples,
+            self.cache,
+            self.corpus_id,
+            self.tokens,
+            self.batch_size,
+            self.seed,
+            teacher_cache=self.teacher_cache,
+            device=self.device,
+            ranks=self.ranks,
+        )
+
     @property
     def batches_per_epoch(self) -> int:
         return len(self.examples) // self.batch_size

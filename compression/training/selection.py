@@ -23,16 +23,46 @@ def select_utterances(
     The result is sorted by id, so the same arguments always give the same list, and a smaller
     ``per_language`` gives a subset of a larger one (a prefix of one seeded shuffle per language).
     """
+    chosen: list[Utterance] = []
+    for language in _known(corpus, languages):
+        pool = _shuffled_pool(corpus, split, language, seed, max_seconds)
+        chosen.extend(pool if per_language is None else pool[:per_language])
+    return sorted(chosen, key=lambda utterance: utterance.id)
+
+
+def held_out_utterances(
+    corpus: Corpus,
+    split: str,
+    languages: Sequence[str],
+    selected_per_language: int,
+    count_per_language: int,
+    *,
+    seed: int = 0,
+    max_seconds: float = 30.0,
+) -> list[Utterance]:
+    """Up to ``count_per_language`` utterances of each language that ``select_utterances`` with
+    ``selected_per_language`` (same split, seed and length limit) does not choose: the next ones of the
+    same seeded shuffle. Sorted by id; a language with nothing left contributes nothing."""
+    chosen: list[Utterance] = []
+    for language in _known(corpus, languages):
+        pool = _shuffled_pool(corpus, split, language, seed, max_seconds)
+        chosen.extend(pool[selected_per_language : selected_per_language + count_per_language])
+    return sorted(chosen, key=lambda utterance: utterance.id)
+
+
+def _known(corpus: Corpus, languages: Sequence[str]) -> Sequence[str]:
     unknown = sorted(set(languages) - set(corpus.languages))
     if unknown:
         raise ValueError(
             f"corpus {corpus.id} has no {', '.join(unknown)}; it has: {', '.join(corpus.languages)}"
         )
-    chosen: list[Utterance] = []
-    for language in languages:
-        pool = [
-            u for u in corpus.utterances(split, [language]) if u.duration <= max_seconds and u.text.strip()
-        ]
-        random.Random(f"{seed}:{language}").shuffle(pool)
-        chosen.extend(pool if per_language is None else pool[:per_language])
-    return sorted(chosen, key=lambda utterance: utterance.id)
+    return languages
+
+
+def _shuffled_pool(
+    corpus: Corpus, split: str, language: str, seed: int, max_seconds: float
+) -> list[Utterance]:
+    """One language's usable utterances of ``split`` in the seeded order every selection draws from."""
+    pool = [u for u in corpus.utterances(split, [language]) if u.duration <= max_seconds and u.text.strip()]
+    random.Random(f"{seed}:{language}").shuffle(pool)
+    return pool
