@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from compression.distill.guided import (
     choose_bits,
     cross_attention_states,
     decision_costs,
+    greedy_bits,
     measure_sensitivity,
     output_sensitivity,
     target_logits,
@@ -413,6 +416,49 @@ def test_guided_choice_among_finer_widths_is_uniform_for_equal_layers_and_not_fo
     # one Linear 50x as sensitive as the others is worth 8 bits; the others pay for it as evenly as they can
     unequal = {**equal, "a": noise_like(50.0)}
     assert choose_bits(unequal, sizes, 6.0, range(4, 9)) == {"a": 8, "b": 6, "c": 5, "d": 5}
+
+
+def summed_error(sens: dict[str, dict[int, float]], bits: dict[str, int]) -> float:
+    return sum(sens[name][width] for name, width in bits.items())
+
+
+def test_guided_choice_is_the_exact_optimum_where_greedy_upgrades_end_worse_than_uniform() -> None:
+    # the small Linears' cheap upgrades use the budget the large one needed for its one valuable step
+    sens = {
+        "large": {2: 3.6, 3: 0.0, 4: 0.0},
+        "b": {2: 1.95, 3: 0.95, 4: 0.0},
+        "c": {2: 1.95, 3: 0.95, 4: 0.0},
+    }
+    sizes = {"large": 400, "b": 100, "c": 100}
+    uniform = dict.fromkeys(sizes, 3)
+    greedy = greedy_bits(sens, sizes, 3.0, (2, 3, 4))
+    assert greedy == {"large": 2, "b": 4, "c": 4}
+    assert summed_error(sens, greedy) > summed_error(sens, uniform)
+    assert choose_bits(sens, sizes, 3.0, (2, 3, 4)) == uniform
+
+
+def test_exact_guided_choice_matches_brute_force_and_keeps_the_budget() -> None:
+    levels = (2, 3, 4, 8)
+    generator = random.Random(7)
+    for _ in range(30):
+        sizes = {f"l{i}": generator.choice((100, 200, 400)) for i in range(5)}
+        sens = {}
+        for name in sizes:
+            falls = sorted((generator.random() for _ in levels), reverse=True)
+            sens[name] = dict(zip(levels, falls, strict=True))
+        budget = generator.choice((2.5, 3.0, 3.5, 5.0))
+        chosen = choose_bits(sens, sizes, budget, levels)
+        assert sum(sizes[n] * b for n, b in chosen.items()) <= budget * sum(sizes.values())
+        feasible = [
+            dict(zip(sizes, widths, strict=True))
+            for widths in itertools.product(levels, repeat=len(sizes))
+            if sum(s * w for s, w in zip(sizes.values(), widths, strict=True)) <= budget * sum(sizes.values())
+        ]
+        best = min(summed_error(sens, bits) for bits in feasible)
+        assert summed_error(sens, chosen) == pytest.approx(best)
+        for width in levels:
+            if width <= budget:  # never worse by the measure than a uniform width within the budget
+                assert summed_error(sens, chosen) <= summed_error(sens, dict.fromkeys(sizes, width)) + 1e-12
 
 
 def test_guided_choices_must_be_supported_widths() -> None:
