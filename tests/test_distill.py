@@ -24,14 +24,13 @@ from compression.distill.fake_quant import (
 )
 from compression.distill.guided import (
     batch_prompts,
-    choose_bits,
     cross_attention_states,
     decision_costs,
-    greedy_bits,
     measure_sensitivity,
     output_sensitivity,
     target_logits,
 )
+from compression.distill.guided_bits import choose_bits, greedy_bits
 from compression.distill.guided_matching import choose_matching
 from compression.distill.losses import (
     FeatureAdapter,

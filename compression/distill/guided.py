@@ -23,19 +23,15 @@ encoder outputs):
   teacher forcing cannot see, an early stop after the decoder's own mistakes. A batched greedy decode
   of every calibration batch per Linear and width: the slowest measure by far.
 
-:func:`choose_bits` picks the widths with the least summed sensitivity whose total stays within the
-budget (average bits per decoder Linear weight): a multiple-choice knapsack, solved exactly by dynamic
-programming (until session 12 greedily: every Linear at the lowest width, then the upgrade with the
-largest error reduction per extra byte, which can end worse by its own measure than uniform precision).
+The bits are then chosen from these figures under a budget by :mod:`compression.distill.guided_bits`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from rapidfuzz.distance import Levenshtein
 from torch import nn
@@ -50,10 +46,10 @@ from compression.distill.fake_quant import (
     decoder_linears,
     fake_quantize,
 )
+from compression.distill.guided_bits import Sensitivity, uniform_width
 from compression.distill.objective import logits_of
 from compression.training.dataset import Batch
 
-Sensitivity = dict[str, dict[int, float]]
 SensitivityMeasure = Literal[
     "linear-output", "model-output", "model-output-at-budget", "decisions-at-budget", "transcripts-at-budget"
 ]
@@ -109,6 +105,19 @@ def sensitivity(
     return result
 
 
+@dataclass(frozen=True)
+class OutputTerms:
+    """What a model-output sensitivity counts, per target token, besides the KL of the next-token
+    distribution."""
+
+    context_bits: int | None = None  # every other decoder Linear at this width meanwhile (None: float)
+    decisions: bool = False  # + the teacher-forced greedy decisions that change (decision_costs)
+    transcribe: Transcriber | None = None  # + the token edits of each utterance's free-running transcript
+
+
+KL_ALONE = OutputTerms()  # model-output: the KL with the Linear quantized alone
+
+
 @torch.no_grad()
 def output_sensitivity(
     model: WhisperForConditionalGeneration,
@@ -117,15 +126,12 @@ def output_sensitivity(
     granularity: Granularity = "per-channel",
     group_size: int = DEFAULT_GROUP_SIZE,
     progress: bool = False,
-    context_bits: int | None = None,
-    decisions: bool = False,
-    transcribe: Transcriber | None = None,
+    terms: OutputTerms = KL_ALONE,
 ) -> Sensitivity:
     """Mean KL divergence per target token of the model's next-token distribution, float against each
-    decoder Linear quantized at each of ``bits``: alone, or with ``context_bits`` every other decoder
-    Linear quantized at that width meanwhile. With ``decisions`` the greedy decisions that change are
-    added (:func:`decision_costs`); with ``transcribe`` the token edits of each calibration utterance's
-    greedy transcript against the float model's. The weights are restored at the end."""
+    decoder Linear quantized at each of ``bits``, plus what ``terms`` adds (the other Linears' width
+    meanwhile, changed decisions, transcript edits). The weights are restored at the end."""
+    context_bits, decisions, transcribe = terms.context_bits, terms.decisions, terms.transcribe
     linears = list(decoder_linears(model))
     originals = {name: linear.weight.data for name, linear in linears}
 
@@ -267,109 +273,12 @@ def measure_sensitivity(
             raise ValueError(f"the {measure} measure needs the budget's average bits")
         if measure == "transcripts-at-budget" and transcribe is None:
             raise ValueError("the transcripts-at-budget measure needs a greedy decoder of the model")
-        context_bits = uniform_width(average_bits, bits)
-        decisions = measure == "decisions-at-budget"
-        return output_sensitivity(
-            model, batches, bits, granularity, group_size, progress, context_bits, decisions, transcribe
+        terms = OutputTerms(
+            context_bits=uniform_width(average_bits, bits),
+            decisions=measure == "decisions-at-budget",
+            transcribe=transcribe if measure == "transcripts-at-budget" else None,
         )
+        return output_sensitivity(model, batches, bits, granularity, group_size, progress, terms)
     if measure == "model-output":  # one pass of every batch per Linear and width: minutes at base size
         return output_sensitivity(model, batches, bits, granularity, group_size, progress)
     return sensitivity(model, batches, bits, granularity, group_size)
-
-
-def uniform_width(average_bits: float, choices: Sequence[int]) -> int:
-    """The widest of ``choices`` that every Linear can have within ``average_bits``."""
-    within = [bits for bits in choices if bits <= average_bits]
-    if not within:
-        raise ValueError(f"a budget of {average_bits} bits is below the lowest choice, {min(choices)}")
-    return max(within)
-
-
-def choose_bits(
-    sensitivities: Sensitivity, sizes: dict[str, int], average_bits: float, choices: Sequence[int] = (4, 8)
-) -> dict[str, int]:
-    """Bits per Linear minimising the summed sensitivity with ``sum(size * bits) <= average_bits *
-    sum(size)``: the multiple-choice knapsack solved exactly (:func:`knapsack_bits`) where its table is
-    small enough (always for Whisper, whose Linear sizes share a large divisor), else greedily
-    (:func:`greedy_bits`). The exact choice is never worse by the measure than uniform precision at
-    any width within the budget; the greedy one can be."""
-    levels = sorted(choices)
-    if levels[0] > average_bits:
-        raise ValueError(f"a budget of {average_bits} bits is below the lowest choice, {levels[0]}")
-    exact = knapsack_bits(sensitivities, sizes, average_bits, levels)
-    return exact if exact is not None else greedy_bits(sensitivities, sizes, average_bits, levels)
-
-
-KNAPSACK_CELLS = 50_000_000  # Linears x budget units the exact solver may tabulate
-
-
-def knapsack_bits(
-    sensitivities: Sensitivity, sizes: dict[str, int], average_bits: float, levels: Sequence[int]
-) -> dict[str, int] | None:
-    """The exact minimum of the summed sensitivity within the budget, by dynamic programming over the
-    budget in units of the sizes' greatest common divisor (one bit of the smallest Linear, for
-    Whisper); None when the table would exceed ``KNAPSACK_CELLS``. Ties go to the fewer bits."""
-    names = list(sensitivities)
-    unit = math.gcd(*(sizes[name] for name in names))
-    capacity = math.floor(average_bits * sum(sizes.values()) / unit + 1e-9)
-    if capacity * len(names) > KNAPSACK_CELLS:
-        return None
-    total = np.zeros(capacity + 1)  # the least summed error of the Linears so far within each budget
-    picks = np.zeros((len(names), capacity + 1), dtype=np.int8)  # the level index each budget took
-    for row, name in enumerate(names):
-        best = np.full(capacity + 1, np.inf)
-        for index, bits in enumerate(levels):
-            cost = sizes[name] // unit * bits
-            if cost > capacity:
-                continue
-            candidate = np.full(capacity + 1, np.inf)
-            candidate[cost:] = total[: capacity + 1 - cost] + _error(sensitivities, name, bits)
-            better = candidate < best
-            best[better] = candidate[better]
-            picks[row, better] = index
-        total = best
-    remaining = int(np.argmin(total))  # the first, the cheapest, among equal minima
-    if not np.isfinite(total[remaining]):
-        return None
-    chosen: dict[str, int] = {}
-    for row in range(len(names) - 1, -1, -1):
-        bits = levels[picks[row, remaining]]
-        chosen[names[row]] = bits
-        remaining -= sizes[names[row]] // unit * bits
-    return {name: chosen[name] for name in names}
-
-
-def greedy_bits(
-    sensitivities: Sensitivity, sizes: dict[str, int], average_bits: float, levels: Sequence[int]
-) -> dict[str, int]:
-    """Every Linear at the lowest width, then repeatedly the upgrade with the largest error reduction
-    per extra bit-weight that still fits: fast, not optimal."""
-    budget = average_bits * sum(sizes.values())
-    chosen = dict.fromkeys(sensitivities, levels[0])
-    used = sum(sizes[name] * levels[0] for name in chosen)
-    while True:
-        best: tuple[float, str, int] | None = None
-        for name, bits in chosen.items():
-            higher = [level for level in levels if level > bits]
-            if not higher:
-                continue
-            step = higher[0]
-            extra = sizes[name] * (step - bits)
-            if used + extra > budget:
-                continue
-            gain = (_error(sensitivities, name, bits) - _error(sensitivities, name, step)) / extra
-            if best is None or gain > best[0]:
-                best = (gain, name, step)
-        if best is None:
-            return chosen
-        _, name, step = best
-        used += sizes[name] * (step - chosen[name])
-        chosen[name] = step
-
-
-def _error(sensitivities: Sensitivity, name: str, bits: int) -> float:
-    return 0.0 if bits >= 16 else sensitivities[name][bits]
-
-
-def linear_sizes(model: WhisperForConditionalGeneration) -> dict[str, int]:
-    return {name: linear.weight.numel() for name, linear in decoder_linears(model)}

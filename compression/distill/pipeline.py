@@ -32,13 +32,8 @@ from compression.distill.fake_quant import (
     frozen_linears,
     quantize_in_place,
 )
-from compression.distill.guided import (
-    Transcriber,
-    batch_prompts,
-    choose_bits,
-    linear_sizes,
-    measure_sensitivity,
-)
+from compression.distill.guided import Transcriber, batch_prompts, measure_sensitivity
+from compression.distill.guided_bits import choose_bits, linear_sizes
 from compression.distill.guided_matching import choose_matching
 from compression.distill.losses import FeatureAdapter
 from compression.distill.objective import DistillObjective, loss_config
