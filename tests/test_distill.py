@@ -30,8 +30,9 @@ from compression.distill.guided import (
     output_sensitivity,
     target_logits,
 )
-from compression.distill.guided_bits import choose_bits, greedy_bits
+from compression.distill.guided_bits import candidate_choices, choose_bits, greedy_bits
 from compression.distill.guided_matching import choose_matching
+from compression.distill.guided_verify import verified_choice
 from compression.distill.losses import (
     FeatureAdapter,
     dynamic_matching,
@@ -714,3 +715,39 @@ def test_teacher_memo_gives_the_teachers_own_outputs(
     for terms in (computed, reused):
         assert float(terms.loss) == pytest.approx(float(direct.loss), rel=1e-3)
         assert terms.parts["kl"] == pytest.approx(direct.parts["kl"], rel=2e-2, abs=1e-4)
+
+
+def test_guided_candidates_run_from_uniform_to_the_exact_optimum_within_budget() -> None:
+    sizes = {"a": 100, "b": 100, "c": 100, "d": 100}
+    sens = {**{name: noise_like(1.0) for name in sizes}, "a": noise_like(50.0)}
+    candidates = candidate_choices(sens, sizes, 6.0, range(4, 9))
+    assert candidates[0] == dict.fromkeys(sizes, 6)
+    assert candidates[-1] == choose_bits(sens, sizes, 6.0, range(4, 9))
+    assert len(candidates) >= 2 and all(candidates.count(choice) == 1 for choice in candidates)
+    for choice in candidates:
+        assert sum(sizes[name] * bits for name, bits in choice.items()) <= 6.0 * sum(sizes.values())
+
+
+def test_verified_choice_keeps_the_candidate_whose_decoding_changes_least(
+    teacher: WhisperForConditionalGeneration,
+) -> None:
+    model = shrink_student(teacher, 2).model
+    batch = calibration_batch()
+    names = [name for name, _ in decoder_linears(model)]
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+    def decisions(batch: Batch) -> list[list[int]]:  # the model's teacher-forced greedy choices
+        with torch.no_grad():
+            return [target_logits(model, batch).argmax(-1).tolist()]
+
+    fine, coarse = dict.fromkeys(names, 8), dict.fromkeys(names, 2)
+    zero = {name: {2: 0.0, 8: 0.0} for name in names}
+
+    def spec(bits: int) -> QuantSpec:
+        return QuantSpec(bits, "per-channel", 64)
+
+    chosen, records = verified_choice(model, [batch], [fine, coarse], zero, spec, decisions)
+    assert chosen == 0 and records[0].edits < records[1].edits  # 2 bits flip decisions, 8 hardly
+    assert records[1].moved == len(names) and records[0].moved == 0
+    assert verified_choice(model, [batch], [coarse, fine], zero, spec, decisions)[0] == 1
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())

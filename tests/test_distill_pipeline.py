@@ -468,3 +468,36 @@ def test_held_out_calibration_with_nothing_left_out_says_so(setup: tuple[HushSet
     )
     with pytest.raises(ValueError, match="uses every train utterance of en"):
         run_distillation(settings, store, plan, progress=False)
+
+
+def test_verified_guided_choice_is_measured_on_the_whole_model_and_recorded(
+    setup: tuple[HushSettings, ModelStore],
+) -> None:
+    settings, store = setup
+    plan = DistillPlan(
+        teacher="teacher",
+        variant_id="student-guided-verified",
+        languages=("en", "cs"),
+        per_language=2,
+        decoder_layers=1,
+        preset="ce",
+        labels="gold",
+        guided_average_bits=4.0,
+        guided_choices=(2, 4, 8),
+        guided_measure="model-output-at-budget",
+        guided_verify=True,
+        calibration="held-out",
+        steps=0,
+        batch_size=2,
+        eval_dev=False,
+    )
+    assert run_distillation(settings, store, plan, progress=False) is not None
+    guided = store.get("student-guided-verified").recipe.args["guided"]
+    candidates = guided["verified"]["candidates"]
+    assert candidates[0]["moved"] == 0  # uniform 4 bits is always a candidate
+    chosen = candidates[guided["verified"]["chosen"]]
+    assert chosen["edits"] == min(candidate["edits"] for candidate in candidates)
+    assert chosen["moved"] == sum(bits != 4 for bits in guided["bits"].values())
+    assert guided["average_bits"] <= 4.0
+    with pytest.raises(ValueError, match="--guided-verify checks the choice of --guided-bits"):
+        DistillPlan(teacher="t", variant_id="v", languages=("en",), guided_verify=True)

@@ -53,6 +53,14 @@ def distill_command(
             "edits of the calibration utterances' greedy transcripts; slowest)."
         ),
     ] = "linear-output",
+    guided_verify: Annotated[
+        bool,
+        typer.Option(
+            help="With --guided-bits: from uniform precision to the predicted optimum, a few candidate "
+            "choices are each applied to the whole decoder and the calibration utterances decoded; the "
+            "one closest to the float model's transcripts is kept (never worse there than uniform)."
+        ),
+    ] = False,
     guided_match: Annotated[
         int | None,
         typer.Option(
@@ -128,6 +136,7 @@ def distill_command(
             guided_average_bits=guided_bits,
             guided_measure=guided_measure,  # type: ignore[arg-type]  # checked by DistillPlan
             guided_choices=tuple(int(bits) for bits in comma_list(guided_choices)),
+            guided_verify=guided_verify,
             guided_match_layers=guided_match,
             calibration=calibration,  # type: ignore[arg-type]  # checked by DistillPlan
             granularity=granularity,  # type: ignore[arg-type]

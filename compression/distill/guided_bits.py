@@ -43,6 +43,34 @@ def choose_bits(
     return exact if exact is not None else greedy_bits(sensitivities, sizes, average_bits, levels)
 
 
+def candidate_choices(
+    sensitivities: Sensitivity,
+    sizes: dict[str, int],
+    average_bits: float,
+    choices: Sequence[int],
+    steps: int = 8,
+) -> list[dict[str, int]]:
+    """Choices from uniform precision (the budget's uniform width) to the exact optimum, each the exact
+    optimum with a penalty on every Linear moved off the uniform width, halved from one candidate to
+    the next: few moves, the surest gains, first. The figures are additive predictions; the
+    candidates let a measurement of the whole model choose (:mod:`compression.distill.guided_verify`).
+    Distinct choices only, uniform first, the unpenalised optimum last."""
+    uniform = uniform_width(average_bits, choices)
+    gains = [by_bits[uniform] - error for by_bits in sensitivities.values() for error in by_bits.values()]
+    penalty = max([*gains, 0.0])
+    found = [dict.fromkeys(sensitivities, uniform)]
+    for step in range(steps + 1):
+        weight = 0.0 if step == steps else penalty / 2**step
+        penalised = {
+            name: {bits: error + (weight if bits != uniform else 0.0) for bits, error in by_bits.items()}
+            for name, by_bits in sensitivities.items()
+        }
+        choice = choose_bits(penalised, sizes, average_bits, choices)
+        if choice not in found:
+            found.append(choice)
+    return found
+
+
 KNAPSACK_CELLS = 50_000_000  # Linears x budget units the exact solver may tabulate
 
 

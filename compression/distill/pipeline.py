@@ -33,8 +33,9 @@ from compression.distill.fake_quant import (
     quantize_in_place,
 )
 from compression.distill.guided import Transcriber, batch_prompts, measure_sensitivity
-from compression.distill.guided_bits import choose_bits, linear_sizes
+from compression.distill.guided_bits import candidate_choices, choose_bits, linear_sizes
 from compression.distill.guided_matching import choose_matching
+from compression.distill.guided_verify import verified_choice
 from compression.distill.losses import FeatureAdapter
 from compression.distill.objective import DistillObjective, loss_config
 from compression.distill.plan import DistillPlan
@@ -158,8 +159,17 @@ def _guided_precision(
     )
     sizes = linear_sizes(model)
     bits = choose_bits(sens, sizes, plan.guided_average_bits, plan.guided_choices)
+    record: dict[str, Any] = {}
+    if plan.guided_verify:
+        assert transcribe is not None, "the pipeline makes a transcriber for --guided-verify"
+        candidates = candidate_choices(sens, sizes, plan.guided_average_bits, plan.guided_choices)
+        chosen, measured = verified_choice(
+            model, calibration, candidates, sens, lambda width: quant_spec(plan, width), transcribe, progress
+        )
+        bits = candidates[chosen]
+        record["verified"] = {"chosen": chosen, "candidates": [asdict(entry) for entry in measured]}
     achieved = sum(sizes[name] * bits[name] for name in bits) / sum(sizes.values())
-    record = {
+    record |= {
         "sensitivity": sens,
         "bits": bits,
         "budget_average_bits": plan.guided_average_bits,
@@ -248,7 +258,7 @@ def run_distillation(
     )
     calibration = _calibration(plan, batches, decoder, held_out, report)
     transcribe = None
-    if plan.guided_measure == "transcripts-at-budget":
+    if plan.guided_measure == "transcripts-at-budget" or plan.guided_verify:
         transcribe = _greedy_transcriber(
             CachedGreedyDecoder(model, tokenizer, tokens, generation, device=place)
         )

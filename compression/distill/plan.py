@@ -41,6 +41,7 @@ class DistillPlan:
     guided_average_bits: float | None = None  # guided mixed precision at this average bits per weight
     guided_choices: tuple[int, ...] = (4, 8)  # the bit widths guided chooses from for each Linear
     guided_measure: SensitivityMeasure = "linear-output"  # how guided measures sensitivity (guided.py)
+    guided_verify: bool = False  # guided: candidates measured on the whole model (guided_verify.py)
     guided_match_layers: int | None = None  # hidden states distilled into this many layers only
     calibration: CalibrationSource = "train"  # the utterances guided measures on (calibration.py)
     train_embeddings: bool = False  # the token embedding (tied to the output projection) stays frozen
@@ -76,6 +77,8 @@ class DistillPlan:
                 raise ValueError(
                     f"--guided-match needs a preset with hidden-state distillation (dq-whisper), not {self.preset!r}"
                 )
+        if self.guided_verify and self.guided_average_bits is None:
+            raise ValueError("--guided-verify checks the choice of --guided-bits; ask for that too")
         if self.calibration not in CALIBRATION_SOURCES:
             raise ValueError(
                 f"calibration must be {' or '.join(CALIBRATION_SOURCES)}, not {self.calibration!r}"
