@@ -204,23 +204,36 @@ def test_pseudo_labels_and_guided_precision(setup: tuple[HushSettings, ModelStor
     assert set(manifest.recipe.args["guided"]["sensitivity"]) == set(bits)
 
 
+def guided_plan(variant_id: str, **changes: Any) -> DistillPlan:
+    """A 1-layer CE student of the tiny teacher on gold labels, guided to 4 bits average from 2, 4 and
+    8, calibrated on the 2 train utterances a language that its sample of 2 leaves out, untrained, no
+    dev check: each test names what it changes."""
+    plan: dict[str, Any] = {
+        "teacher": "teacher",
+        "languages": ("en", "cs"),
+        "per_language": 2,
+        "decoder_layers": 1,
+        "preset": "ce",
+        "labels": "gold",
+        "guided_average_bits": 4.0,
+        "guided_choices": (2, 4, 8),
+        "calibration": "held-out",
+        "steps": 0,
+        "batch_size": 2,
+        "eval_dev": False,
+    }
+    return DistillPlan(variant_id=variant_id, **{**plan, **changes})
+
+
 def test_guided_precision_on_greedy_transcripts_measures_every_linear_and_keeps_the_budget(
     setup: tuple[HushSettings, ModelStore],
 ) -> None:
     settings, store = setup
-    plan = DistillPlan(
-        teacher="teacher",
-        variant_id="student-guided-transcripts",
-        languages=("en", "cs"),
-        decoder_layers=1,
-        preset="ce",
-        labels="gold",
-        guided_average_bits=4.0,
-        guided_choices=(2, 4, 8),
+    plan = guided_plan(
+        "student-guided-transcripts",
+        per_language=100,
+        calibration="train",
         guided_measure="transcripts-at-budget",
-        steps=0,
-        batch_size=2,
-        eval_dev=False,
     )
     assert run_distillation(settings, store, plan, progress=False) is not None
     guided = store.get("student-guided-transcripts").recipe.args["guided"]
@@ -406,21 +419,7 @@ def test_guided_precision_calibrates_on_held_out_train_utterances_when_asked(
     setup: tuple[HushSettings, ModelStore],
 ) -> None:
     settings, store = setup
-    plan = DistillPlan(
-        teacher="teacher",
-        variant_id="student-guided-held-out",
-        languages=("en", "cs"),
-        per_language=2,
-        decoder_layers=1,
-        preset="ce",
-        labels="gold",
-        guided_average_bits=4.0,
-        guided_choices=(2, 4, 8),
-        calibration="held-out",
-        steps=1,
-        batch_size=2,
-        eval_dev=False,
-    )
+    plan = guided_plan("student-guided-held-out", steps=1)
     outcome = run_distillation(settings, store, plan, progress=False)
     assert outcome is not None
     recorded = store.get("student-guided-held-out").recipe.args["calibration"]
@@ -453,19 +452,7 @@ def test_held_out_calibration_is_refused_where_it_means_nothing() -> None:
 
 def test_held_out_calibration_with_nothing_left_out_says_so(setup: tuple[HushSettings, ModelStore]) -> None:
     settings, store = setup
-    plan = DistillPlan(
-        teacher="teacher",
-        variant_id="student-nothing-held-out",
-        languages=("en",),
-        per_language=4,
-        decoder_layers=1,
-        preset="ce",
-        labels="gold",
-        guided_average_bits=4.0,
-        calibration="held-out",
-        steps=0,
-        eval_dev=False,
-    )
+    plan = guided_plan("student-nothing-held-out", languages=("en",), per_language=4)
     with pytest.raises(ValueError, match="uses every train utterance of en"):
         run_distillation(settings, store, plan, progress=False)
 
@@ -474,23 +461,7 @@ def test_verified_guided_choice_is_measured_on_the_whole_model_and_recorded(
     setup: tuple[HushSettings, ModelStore],
 ) -> None:
     settings, store = setup
-    plan = DistillPlan(
-        teacher="teacher",
-        variant_id="student-guided-verified",
-        languages=("en", "cs"),
-        per_language=2,
-        decoder_layers=1,
-        preset="ce",
-        labels="gold",
-        guided_average_bits=4.0,
-        guided_choices=(2, 4, 8),
-        guided_measure="model-output-at-budget",
-        guided_verify=True,
-        calibration="held-out",
-        steps=0,
-        batch_size=2,
-        eval_dev=False,
-    )
+    plan = guided_plan("student-guided-verified", guided_measure="model-output-at-budget", guided_verify=True)
     assert run_distillation(settings, store, plan, progress=False) is not None
     guided = store.get("student-guided-verified").recipe.args["guided"]
     candidates = guided["verified"]["candidates"]

@@ -306,7 +306,7 @@ def _calibration(
     """The whole batches guided choices are measured on (every process must choose the same): the
     first training batches, or the held-out utterances with their gold transcripts; none when nothing
     is guided. Which utterances they were goes in the report."""
-    if plan.guided_average_bits is None and plan.guided_match_layers is None:
+    if not plan.calibrates:
         return []
     source = batches
     if plan.calibration == "held-out":

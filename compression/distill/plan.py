@@ -84,7 +84,7 @@ class DistillPlan:
                 f"calibration must be {' or '.join(CALIBRATION_SOURCES)}, not {self.calibration!r}"
             )
         if self.calibration == "held-out":
-            if self.guided_average_bits is None and self.guided_match_layers is None:
+            if not self.calibrates:
                 raise ValueError("--calibration held-out is for --guided-bits or --guided-match")
             if self.per_language is None:
                 raise ValueError(
@@ -114,6 +114,12 @@ class DistillPlan:
         """What decides the student (all but the publishing options): recorded in the recipe, and in
         training checkpoints so that another plan's is not resumed."""
         return {key: value for key, value in asdict(self).items() if key not in ("replace", "eval_dev")}
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the run measures anything on calibration batches before training (guided
+        precision or guided matching)."""
+        return self.guided_average_bits is not None or self.guided_match_layers is not None
 
     @property
     def method(self) -> str:
