@@ -40,7 +40,14 @@ def _open_transformers(
 
         return ExpertsTranscriber(manifest, directory, device=device, dtype=dtype)
     batching = runtime.batching if runtime.batching.active(torch.device(device).type) else None
-    return TransformersTranscriber(manifest, directory, device=device, dtype=dtype, batching=batching)
+    return TransformersTranscriber(
+        manifest,
+        directory,
+        device=device,
+        dtype=dtype,
+        batching=batching,
+        int8_full_range=runtime.resolved_int8_full_range(),
+    )
 
 
 def _open_ctranslate2(
@@ -70,6 +77,19 @@ def device_for(manifest: Manifest, runtime: RuntimeSettings) -> str:
 
         return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
     return runtime.resolved_device()
+
+
+def numerics_label(manifest: Manifest, runtime: RuntimeSettings) -> str:
+    """What, beside its weights and the decoding, decides a variant's transcripts on this machine, as
+    a label for results computed with it (``""`` when nothing does): ``a8`` for dynamic int8 weights
+    run with 8-bit activations (``runtime.int8_full_range``), whose transcripts differ from 7-bit ones."""
+    if manifest.backend != "transformers":
+        return ""
+    from model_store.backends.quantized_loading import weights_format
+
+    if weights_format(manifest) == "torch-dynamic-int8" and runtime.resolved_int8_full_range():
+        return "a8"
+    return ""
 
 
 def runnable_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:

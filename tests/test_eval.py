@@ -94,19 +94,39 @@ def test_compare_pairs_the_same_utterances(store_and_job: tuple[ModelStore, Eval
     store, job = store_and_job
     for variant in ("tiny-a", "tiny-b"):
         evaluate_variant(store, variant, job, RuntimeSettings(device="cpu"), progress=False)
-    rows = compare_variants(store, "tiny-a", "tiny-a", job)
+    rows = compare_variants(store, "tiny-a", "tiny-a", job, RuntimeSettings(device="cpu"))
     assert [row.language for row in rows] == ["en", "fr"]
     assert all(row.difference.estimate == 0 and row.difference.verdict == "not significant" for row in rows)
-    rows = compare_variants(store, "tiny-a", "tiny-b", job)
+    rows = compare_variants(store, "tiny-a", "tiny-b", job, RuntimeSettings(device="cpu"))
     for row in rows:
         assert row.utterances == 2
         assert row.difference.estimate == pytest.approx(row.cer_b - row.cer_a)
 
 
+def test_8_bit_and_7_bit_int8_transcripts_are_kept_apart(store_and_job: tuple[ModelStore, EvalJob]) -> None:
+    """The same int8 bytes run with 8-bit or 7-bit activations transcribe differently: each numerics
+    has its own log, and a comparison reads the one this machine's settings give."""
+    from compression.quantize.methods import quantize_variant
+
+    store, job = store_and_job
+    int8 = quantize_variant(store, "tiny-a", "ptq-int8").id
+    for full_range in (False, True):
+        runtime = RuntimeSettings(device="cpu", int8_full_range=full_range)
+        evaluate_variant(store, "tiny-a", job, runtime, progress=False)
+        evaluate_variant(store, int8, job, runtime, progress=False)
+    names = sorted(path.name for path in (job.hypotheses_root / int8).glob("*.jsonl"))
+    assert len(names) == 2 and sum("-t0-a8-" in name for name in names) == 1
+    assert len(list((job.hypotheses_root / "tiny-a").glob("*.jsonl"))) == 1  # float: no numerics label
+    (next(path for path in (job.hypotheses_root / int8).glob("*-t0-a8-*.jsonl"))).unlink()
+    with pytest.raises(ValueError, match=f"hush eval {int8}"):
+        compare_variants(store, "tiny-a", int8, job, RuntimeSettings(device="cpu", int8_full_range=True))
+    assert compare_variants(store, "tiny-a", int8, job, RuntimeSettings(device="cpu", int8_full_range=False))
+
+
 def test_compare_needs_transcripts(store_and_job: tuple[ModelStore, EvalJob]) -> None:
     store, job = store_and_job
     with pytest.raises(ValueError, match="hush eval tiny-a"):
-        compare_variants(store, "tiny-a", "tiny-b", job)
+        compare_variants(store, "tiny-a", "tiny-b", job, RuntimeSettings(device="cpu"))
 
 
 def test_latency_is_measured_in_a_fresh_process(store_and_job: tuple[ModelStore, EvalJob]) -> None:

@@ -14,7 +14,11 @@ def _layers(seed: int = 0) -> tuple[nn.Linear, PerTokenInt8Linear, nn.Module]:
     float_layer = nn.Linear(256, 64)
     weight, scales = _per_channel_int8(float_layer.weight.data)
     bias = float_layer.bias.data
-    return float_layer, PerTokenInt8Linear(weight, scales, bias), _quantized_linear(weight, scales, bias)
+    return (
+        float_layer,
+        PerTokenInt8Linear(weight, scales, bias),
+        _quantized_linear(weight, scales, bias, full_range=False),
+    )
 
 
 def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:

@@ -14,7 +14,7 @@ from compression.evaluation.latency_clips import latency_clips
 from compression.evaluation.runner import EvalJob, compare_variants, evaluate_variant
 from compression.evaluation.table import markdown_table
 from model_store.manifest import EvalReport, Manifest
-from model_store.settings import HushSettings
+from model_store.settings import HushSettings, RuntimeSettings
 from model_store.store import ModelStore
 
 
@@ -104,7 +104,7 @@ def eval_command(
     if targets[0] == "compare":
         if len(targets) != 3:
             raise typer.BadParameter("usage: hush eval compare A B")
-        _compare(store, targets[1], targets[2], job)
+        _compare(store, targets[1], targets[2], job, settings.runtime)
         return
     for variant_id in targets:
         report = None
@@ -131,8 +131,10 @@ def eval_command(
         print_report(variant_id, report, store.get(variant_id))
 
 
-def _compare(store: ModelStore, variant_a: str, variant_b: str, job: EvalJob) -> None:
-    rows = compare_variants(store, variant_a, variant_b, job)
+def _compare(
+    store: ModelStore, variant_a: str, variant_b: str, job: EvalJob, runtime: RuntimeSettings
+) -> None:
+    rows = compare_variants(store, variant_a, variant_b, job, runtime)
     typer.echo(
         f"CER of {variant_b} minus {variant_a} on {job.corpus.id} ({job.split}); negative: B is better"
     )

@@ -14,8 +14,8 @@ from compression.evaluation.hypotheses import (
     score_hypotheses,
     temperature_decoding,
 )
-from model_store.manifest import EvalReport, LanguageScore
-from model_store.opener import open_variant
+from model_store.manifest import EvalReport, LanguageScore, Manifest
+from model_store.opener import numerics_label, open_variant
 from model_store.scoring import (
     LanguageComparison,
     bootstrap_ci,
@@ -130,9 +130,7 @@ def evaluate_variant(
         raise ValueError(
             f"no {job.split} utterances in {job.corpus.id} for the languages {variant_id} covers"
         )
-    log = HypothesisLog(
-        job.hypotheses_root, manifest, job.corpus.sha256, job.split, temperature_decoding(job.temperatures)
-    )
+    log = _hypothesis_log(job, manifest, runtime)
     transcriber = open_variant(store, variant_id, runtime, verify=False)
     try:
         hypotheses = transcribe_split(
@@ -190,20 +188,22 @@ def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> Eva
     return report.model_copy(update={"languages": {**kept, **report.languages}, "split": split})
 
 
+def _hypothesis_log(job: EvalJob, manifest: Manifest, runtime: RuntimeSettings) -> HypothesisLog:
+    """The log of the transcripts ``job`` makes with the variant on this machine: one per decoding and
+    numerics (:func:`~model_store.opener.numerics_label`), so that a run with 8-bit activations never
+    reuses, or is compared with, transcripts made with 7-bit ones."""
+    decoding = "-".join(
+        part for part in (temperature_decoding(job.temperatures), numerics_label(manifest, runtime)) if part
+    )
+    return HypothesisLog(job.hypotheses_root, manifest, job.corpus.sha256, job.split, decoding)
+
+
 def compare_variants(
-    store: ModelStore, variant_a: str, variant_b: str, job: EvalJob
+    store: ModelStore, variant_a: str, variant_b: str, job: EvalJob, runtime: RuntimeSettings
 ) -> list[LanguageComparison]:
-    """Per-language CER of B minus A on the utterances both transcribed, with paired bootstrap intervals."""
-    logs = [
-        HypothesisLog(
-            job.hypotheses_root,
-            store.get(variant),
-            job.corpus.sha256,
-            job.split,
-            temperature_decoding(job.temperatures),
-        ).load()
-        for variant in (variant_a, variant_b)
-    ]
+    """Per-language CER of B minus A on the utterances both transcribed (with the numerics ``runtime``
+    gives each here), with paired bootstrap intervals."""
+    logs = [_hypothesis_log(job, store.get(variant), runtime).load() for variant in (variant_a, variant_b)]
     for variant, log in zip((variant_a, variant_b), logs, strict=True):
         if not log:
             raise ValueError(

@@ -120,29 +120,51 @@ def _per_token(metadata: dict[str, str] | None) -> frozenset[str]:
     return frozenset(json.loads(listed)) if listed else frozenset()
 
 
+class FullRangeDynamicLinear(quantized_dynamic.Linear):
+    """PyTorch's dynamic int8 Linear with its activations quantized to all 8 bits. The stock module
+    asks fbgemm for 7 (``reduce_range``), which only CPUs without VNNI need (see
+    :mod:`model_store.backends.cpu_features`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+        return output.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", activations=int8 full range"
+
+
 def int8_layer(
-    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, per_token: bool
+    weight: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    per_token: bool,
+    full_range: bool = False,
 ) -> nn.Module:
     """The run-time module of one int8 Linear: activations quantized per token, or per matrix by
-    PyTorch's dynamic int8."""
+    PyTorch's dynamic int8 (to 8 bits with ``full_range``, else 7)."""
     if per_token:
         return PerTokenInt8Linear(weight, scales, bias)
-    return _quantized_linear(weight, scales, bias)
+    return _quantized_linear(weight, scales, bias, full_range=full_range)
 
 
 def _quantized_linear(
-    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, full_range: bool
 ) -> quantized_dynamic.Linear:
     out_features, in_features = weight.shape
-    layer = quantized_dynamic.Linear(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
+    kind = FullRangeDynamicLinear if full_range else quantized_dynamic.Linear
+    layer = kind(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
     zero_points = torch.zeros(out_features, dtype=torch.long)
     qweight = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
     layer.set_weight_bias(qweight, bias)
     return layer
 
 
-def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperForConditionalGeneration:
-    """The model saved by :func:`save_int8`, on the CPU (dynamic int8 kernels are CPU-only)."""
+def load_int8(
+    directory: Path, dtype: torch.dtype = torch.float32, *, full_range: bool = False
+) -> WhisperForConditionalGeneration:
+    """The model saved by :func:`save_int8`, on the CPU (dynamic int8 kernels are CPU-only);
+    ``full_range``: its per-matrix Linears quantize activations to 8 bits, not 7 (VNNI CPUs)."""
     config = WhisperConfig.from_pretrained(directory, local_files_only=True)
     with safe_open(str(directory / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
         per_token = _per_token(tensors.metadata())
@@ -160,7 +182,7 @@ def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperFor
         scales = state.pop(name + SCALE_SUFFIX)
         bias = state.pop(f"{name}.bias", None)
         bias = None if bias is None else bias.to(dtype)
-        layers[name] = int8_layer(weight, scales, bias, per_token=name in per_token)
+        layers[name] = int8_layer(weight, scales, bias, per_token=name in per_token, full_range=full_range)
         if name == OUTPUT_PROJECTION and TIED_EMBEDDING not in state:
             state[TIED_EMBEDDING] = weight.to(dtype) * scales.to(dtype)[:, None]
     floats = {name: tensor.to(dtype) for name, tensor in state.items()}
@@ -172,5 +194,10 @@ def load_int8(directory: Path, dtype: torch.dtype = torch.float32) -> WhisperFor
     ]
     if left_on_meta:
         raise ValueError(f"{directory / INT8_WEIGHTS_FILENAME} lacks tensors: {left_on_meta}")
-    logger.debug("loaded %d int8 Linear layers from %s", len(linear_names), directory)
+    logger.debug(
+        "loaded %d int8 Linear layers from %s (%d-bit activations per matrix)",
+        len(linear_names),
+        directory,
+        8 if full_range else 7,
+    )
     return model.eval()

@@ -56,14 +56,21 @@ def load_device(manifest: Manifest, requested: str) -> str:
 
 
 def load_model(
-    manifest: Manifest, directory: Path, device: torch.device, dtype: torch.dtype
+    manifest: Manifest,
+    directory: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    int8_full_range: bool = False,
 ) -> WhisperForConditionalGeneration:
-    """The variant's model, ready for inference on ``device`` with ``dtype`` activations."""
+    """The variant's model, ready for inference on ``device`` with ``dtype`` activations;
+    ``int8_full_range``: dynamic int8 Linears quantize activations to 8 bits (see
+    :func:`~model_store.backends.int8_dynamic.load_int8`)."""
     storage = weights_format(manifest)
     if storage == "torch-dynamic-int8":
         if device.type != "cpu":
             raise ValueError(f"variant {manifest.id!r} holds dynamic int8 weights, which run on the CPU only")
-        return load_int8(directory, dtype)
+        return load_int8(directory, dtype, full_range=int8_full_range)
     if storage == "bitsandbytes":
         return _load_bitsandbytes(directory, device, dtype)
     if storage == "hush-lowbit":

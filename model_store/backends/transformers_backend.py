@@ -281,10 +281,15 @@ class TransformersTranscriber(WindowTranscriber):
         dtype: torch.dtype | None = None,
         model: WhisperForConditionalGeneration | None = None,
         batching: BatchingSettings | None = None,
+        int8_full_range: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.float16)
-        self.model = model if model is not None else load_model(manifest, directory, self.device, self.dtype)
+        self.model = (
+            model
+            if model is not None
+            else load_model(manifest, directory, self.device, self.dtype, int8_full_range=int8_full_range)
+        )
         tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
         generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
         tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)

@@ -1,0 +1,42 @@
+"""Whether this CPU's int8 kernels may quantize activations to the full 8 bits.
+
+PyTorch's dynamic int8 Linear (fbgemm) multiplies unsigned 8-bit activations by signed 8-bit weights.
+Without VNNI, x86 does that with ``vpmaddubsw``, which adds two products into a saturating 16-bit
+lane: ``2 * 255 * 127`` overflows it, so PyTorch quantizes activations to 7 bits (``reduce_range``),
+doubling their rounding error. VNNI's ``vpdpbusd`` (AVX512-VNNI, AVX-VNNI; AMX likewise) sums into
+32 bits and cannot saturate, so there the full 8-bit range is exact.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of a ``/proc/cpuinfo`` text (the union over its processors)."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, separator, value = line.partition(":")
+        if separator and key.strip() == "flags":
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def has_vnni(flags: frozenset[str]) -> bool:
+    """Whether the flags name an int8 dot product that sums into 32 bits."""
+    return bool(flags & VNNI_FLAGS)
+
+
+@cache
+def full_range_int8_is_exact(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether 8-bit activations are safe in fbgemm's int8 Linear on this machine. ``False`` where
+    ``cpuinfo`` cannot be read (not Linux): the 7-bit range is correct everywhere."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return has_vnni(cpu_flags(text))
