@@ -98,6 +98,11 @@ class EvalReport(_Model):
     split: str
     created_at: datetime = Field(default_factory=utc_now)
     languages: dict[str, LanguageScore]
+    numerics: str = Field(
+        "",
+        description="What beside the weights decided the transcripts (model_store.opener.numerics_label): "
+        "'a8' for dynamic int8 run with 8-bit activations; empty when nothing did.",
+    )
 
 
 class MachineInfo(_Model):

@@ -114,6 +114,11 @@ def test_8_bit_and_7_bit_int8_transcripts_are_kept_apart(store_and_job: tuple[Mo
         runtime = RuntimeSettings(device="cpu", int8_full_range=full_range)
         evaluate_variant(store, "tiny-a", job, runtime, progress=False)
         evaluate_variant(store, int8, job, runtime, progress=False)
+    assert store.get(int8).eval.numerics == "a8" and store.get("tiny-a").eval.numerics == ""
+    # one language again with 7-bit activations: not merged with the 8-bit figures of the other
+    seven_bit = RuntimeSettings(device="cpu", int8_full_range=False)
+    french = evaluate_variant(store, int8, replace(job, languages=["fr"]), seven_bit, progress=False)
+    assert set(french.languages) == {"fr"} and french.numerics == ""
     names = sorted(path.name for path in (job.hypotheses_root / int8).glob("*.jsonl"))
     assert len(names) == 2 and sum("-t0-a8-" in name for name in names) == 1
     assert len(list((job.hypotheses_root / "tiny-a").glob("*.jsonl"))) == 1  # float: no numerics label

@@ -130,7 +130,8 @@ def evaluate_variant(
         raise ValueError(
             f"no {job.split} utterances in {job.corpus.id} for the languages {variant_id} covers"
         )
-    log = _hypothesis_log(job, manifest, runtime)
+    numerics = numerics_label(manifest, runtime)
+    log = _hypothesis_log(job, manifest, numerics)
     transcriber = open_variant(store, variant_id, runtime, verify=False)
     try:
         hypotheses = transcribe_split(
@@ -142,7 +143,7 @@ def evaluate_variant(
         manifest.eval,
         build_report(
             list(hypotheses.values()), job.corpus, job.split_label, resamples=job.bootstrap_resamples
-        ),
+        ).model_copy(update={"numerics": numerics}),
     )
     if records_over(manifest.eval, report, routing_split):
         store.update(variant_id, eval=report)
@@ -168,15 +169,16 @@ def base_split(label: str) -> str:
 
 
 def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> EvalReport:
-    """``report`` plus the languages ``previous`` measured on the same corpus and split that it did
-    not: evaluating a few languages again (``--languages``) must not erase the others' figures, which
-    the router reads. Each language keeps the figures of its latest measurement (with its own
+    """``report`` plus the languages ``previous`` measured on the same corpus and split, with the same
+    numerics, that it did not: evaluating a few languages again (``--languages``) must not erase the
+    others' figures, which the router reads. Each language keeps the figures of its latest measurement (with its own
     utterance count); where those come from different slices of the split (``dev:first8`` and
     ``dev``), the report's split says ``dev:mixed``."""
     if (
         previous is None
         or previous.corpus_sha256 != report.corpus_sha256
         or base_split(previous.split) != base_split(report.split)
+        or previous.numerics != report.numerics
     ):
         return report
     kept = {
@@ -188,13 +190,11 @@ def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> Eva
     return report.model_copy(update={"languages": {**kept, **report.languages}, "split": split})
 
 
-def _hypothesis_log(job: EvalJob, manifest: Manifest, runtime: RuntimeSettings) -> HypothesisLog:
-    """The log of the transcripts ``job`` makes with the variant on this machine: one per decoding and
-    numerics (:func:`~model_store.opener.numerics_label`), so that a run with 8-bit activations never
-    reuses, or is compared with, transcripts made with 7-bit ones."""
-    decoding = "-".join(
-        part for part in (temperature_decoding(job.temperatures), numerics_label(manifest, runtime)) if part
-    )
+def _hypothesis_log(job: EvalJob, manifest: Manifest, numerics: str) -> HypothesisLog:
+    """The log of the transcripts ``job`` makes with the variant under ``numerics``
+    (:func:`~model_store.opener.numerics_label`): one per decoding and numerics, so that a run with
+    8-bit activations never reuses, or is compared with, transcripts made with 7-bit ones."""
+    decoding = "-".join(part for part in (temperature_decoding(job.temperatures), numerics) if part)
     return HypothesisLog(job.hypotheses_root, manifest, job.corpus.sha256, job.split, decoding)
 
 
@@ -203,7 +203,10 @@ def compare_variants(
 ) -> list[LanguageComparison]:
     """Per-language CER of B minus A on the utterances both transcribed (with the numerics ``runtime``
     gives each here), with paired bootstrap intervals."""
-    logs = [_hypothesis_log(job, store.get(variant), runtime).load() for variant in (variant_a, variant_b)]
+    logs = []
+    for variant in (variant_a, variant_b):
+        manifest = store.get(variant)
+        logs.append(_hypothesis_log(job, manifest, numerics_label(manifest, runtime)).load())
     for variant, log in zip((variant_a, variant_b), logs, strict=True):
         if not log:
             raise ValueError(
