@@ -48,3 +48,31 @@ def test_an_outlier_row_spoils_a_per_matrix_scale_but_not_per_token_scales() -> 
     per_matrix_error = _relative_error(expected, per_matrix(inputs)[ordinary])
     assert per_token_error < 0.02
     assert per_matrix_error > 5 * per_token_error
+
+
+def _asymmetric(seed: int = 0) -> tuple[nn.Linear, PerTokenInt8Linear, PerTokenInt8Linear]:
+    float_layer, symmetric, _ = _layers(seed)
+    weight, scales = symmetric.weight_t.t().contiguous(), symmetric.weight_scale
+    return float_layer, symmetric, PerTokenInt8Linear(weight, scales, float_layer.bias.data, "asymmetric")
+
+
+@torch.no_grad()
+def test_asymmetric_rows_halve_the_error_on_gelu_outputs() -> None:
+    """A GELU's output spans about [-0.17, max]: symmetric rows use half their levels, asymmetric all."""
+    float_layer, symmetric, asymmetric = _asymmetric()
+    inputs = nn.functional.gelu(torch.randn(50, 256) * 2)
+    expected = float_layer(inputs)
+    symmetric_error = _relative_error(expected, symmetric(inputs))
+    asymmetric_error = _relative_error(expected, asymmetric(inputs))
+    assert asymmetric_error < 0.7 * symmetric_error < 0.02
+
+
+@torch.no_grad()
+def test_asymmetric_rows_are_exact_on_zeros_and_quantize_rows_independently() -> None:
+    float_layer, _, asymmetric = _asymmetric(seed=1)
+    assert torch.equal(asymmetric(torch.zeros(3, 256)), float_layer.bias.expand(3, 64))
+    inputs = torch.randn(2, 7, 256) + 3.0  # all positive: the zero point sits at the bottom
+    output = asymmetric(inputs)
+    assert output.shape == (2, 7, 64)
+    assert _relative_error(float_layer(inputs), output) < 0.01
+    assert torch.allclose(asymmetric(inputs[1, 3:4]), output[1, 3:4], atol=1e-5)

@@ -5,6 +5,7 @@ the real whisper-base for accuracy."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from model_store.backends.int8_dynamic import (
     _quantized_linear,
     load_int8,
     per_token_linears,
+    per_token_scheme,
 )
 from model_store.backends.per_token_int8 import PerTokenInt8Linear
 from model_store.backends.transformers_backend import TransformersTranscriber
@@ -43,6 +45,7 @@ from model_store.features import log_mel_spectrogram, window
 from model_store.manifest import Manifest, Recipe, size_tier_for
 from model_store.normalizer import normalize
 from model_store.opener import numerics_label, open_variant
+from model_store.safetensors_file import save_safetensors
 from model_store.scoring import char_errors
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
@@ -285,6 +288,24 @@ def test_per_token_variant_quantizes_encoder_and_fc2_inputs_per_token(
     assert all(isinstance(model.get_submodule(name), PerTokenInt8Linear) for name in expected)
     assert isinstance(model.get_submodule("model.decoder.layers.0.fc1"), quantized_dynamic.Linear)
     assert per_token_linears(store.path(variant("ptq-int8").id) / INT8_WEIGHTS_FILENAME) == frozenset()
+    assert per_token_scheme(directory / INT8_WEIGHTS_FILENAME) == "asymmetric"
+    assert {model.get_submodule(name).scheme for name in expected} == {"asymmetric"}
+
+
+def test_int8_files_without_a_per_token_scheme_load_symmetric_rows(
+    store: ModelStore, variant: Callable[[str], Manifest], tmp_path: Path
+) -> None:
+    """Files written before the scheme existed keep the symmetric rows they were evaluated with."""
+    source = store.path(variant("ptq-int8-per-token").id)
+    with safe_open(str(source / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
+        metadata = dict(tensors.metadata())
+        state = {key: tensors.get_tensor(key) for key in tensors.keys()}  # noqa: SIM118
+    del metadata["per_token_scheme"]
+    shutil.copy(source / "config.json", tmp_path / "config.json")
+    save_safetensors(state, tmp_path / INT8_WEIGHTS_FILENAME, metadata=metadata)
+    assert per_token_scheme(tmp_path / INT8_WEIGHTS_FILENAME) == "symmetric"
+    layer = load_int8(tmp_path).get_submodule("model.encoder.layers.0.fc2")
+    assert isinstance(layer, PerTokenInt8Linear) and layer.scheme == "symmetric"
 
 
 # ---- int8 stays close to the float parent ---------------------------------------------------

@@ -54,6 +54,7 @@ def write_ptq_int8(
         "per_token_linears": per_token_linears,
         "scheme": "int8 weights, symmetric per output channel; activations quantized at run time, per "
         "token in per_token_linears (torch._int_mm), per matrix in the others (PyTorch dynamic int8)",
+        "per_token_scheme": "asymmetric" if per_token_linears else None,
         "tied_embedding": "stored once as the output projection's int8 rows, dequantized for lookup",
         "float_tensors": "float16",
         "engine": torch.backends.quantized.engine,

@@ -11,7 +11,8 @@ The file format (``model.int8.safetensors``, beside the checkpoint's ``config.js
   ``proj_out``'s int8 rows and scales, and the embedding lookup uses those rows dequantized;
 * the header's ``per_token`` metadata (a JSON list, absent in files written before it existed) names
   the Linears whose activations are quantized per token
-  (:class:`~model_store.backends.per_token_int8.PerTokenInt8Linear`) rather than per matrix.
+  (:class:`~model_store.backends.per_token_int8.PerTokenInt8Linear`) rather than per matrix, and
+  ``per_token_scheme`` how (``asymmetric``; absent: ``symmetric``, as files written before it).
 
 Plain int8 tensors and float scales, not pickled ``torch.qint8`` objects: the bytes stay readable
 without PyTorch's quantized-tensor API (deprecated in recent releases) and load with safetensors'
@@ -33,7 +34,7 @@ from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from model_store.backends.per_token_int8 import PerTokenInt8Linear
+from model_store.backends.per_token_int8 import PerTokenInt8Linear, PerTokenScheme
 from model_store.safetensors_file import save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ SCALE_SUFFIX = ".weight_scale"
 TIED_EMBEDDING = "model.decoder.embed_tokens.weight"
 OUTPUT_PROJECTION = "proj_out"
 PER_TOKEN_KEY = "per_token"
+PER_TOKEN_SCHEME_KEY = "per_token_scheme"
 FLOAT_STORAGE = torch.float16  # the non-Linear tensors; the imported teachers are float16 already
 
 
@@ -93,9 +95,11 @@ def save_int8(
     directory: Path,
     float_linears: Collection[str] = (),
     per_token_linears: Collection[str] = (),
+    per_token_scheme: PerTokenScheme = "asymmetric",
 ) -> Path:
     """Write the model's int8 weights (float16 for ``float_linears``) and its config to
-    ``directory``; ``per_token_linears`` will quantize their inputs per token. Returns the weights file."""
+    ``directory``; ``per_token_linears`` will quantize their inputs per token with ``per_token_scheme``.
+    Returns the weights file."""
     both = sorted(set(float_linears) & set(per_token_linears))
     if both:
         raise ValueError(f"Linears both kept float and quantized per token: {both}")
@@ -105,6 +109,7 @@ def save_int8(
     metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tied": "true" if _tied(model) else "false"}
     if per_token_linears:
         metadata[PER_TOKEN_KEY] = json.dumps(sorted(per_token_linears))
+        metadata[PER_TOKEN_SCHEME_KEY] = per_token_scheme
     save_safetensors(state, path, metadata=metadata)
     return path
 
@@ -115,9 +120,22 @@ def per_token_linears(path: Path) -> frozenset[str]:
         return _per_token(tensors.metadata())
 
 
+def per_token_scheme(path: Path) -> PerTokenScheme:
+    """How an int8 weights file's per-token Linears quantize their rows."""
+    with safe_open(str(path), framework="pt") as tensors:
+        return _per_token_scheme(tensors.metadata())
+
+
 def _per_token(metadata: dict[str, str] | None) -> frozenset[str]:
     listed = (metadata or {}).get(PER_TOKEN_KEY)
     return frozenset(json.loads(listed)) if listed else frozenset()
+
+
+def _per_token_scheme(metadata: dict[str, str] | None) -> PerTokenScheme:
+    scheme = (metadata or {}).get(PER_TOKEN_SCHEME_KEY, "symmetric")
+    if scheme not in ("symmetric", "asymmetric"):
+        raise ValueError(f"unknown {PER_TOKEN_SCHEME_KEY} {scheme!r} in an int8 weights file")
+    return "asymmetric" if scheme == "asymmetric" else "symmetric"
 
 
 class FullRangeDynamicLinear(quantized_dynamic.Linear):
@@ -139,12 +157,13 @@ def int8_layer(
     bias: torch.Tensor | None,
     *,
     per_token: bool,
+    scheme: PerTokenScheme = "symmetric",
     full_range: bool = False,
 ) -> nn.Module:
-    """The run-time module of one int8 Linear: activations quantized per token, or per matrix by
-    PyTorch's dynamic int8 (to 8 bits with ``full_range``, else 7)."""
+    """The run-time module of one int8 Linear: activations quantized per token (with ``scheme``), or
+    per matrix by PyTorch's dynamic int8 (to 8 bits with ``full_range``, else 7)."""
     if per_token:
-        return PerTokenInt8Linear(weight, scales, bias)
+        return PerTokenInt8Linear(weight, scales, bias, scheme)
     return _quantized_linear(weight, scales, bias, full_range=full_range)
 
 
@@ -168,6 +187,7 @@ def load_int8(
     config = WhisperConfig.from_pretrained(directory, local_files_only=True)
     with safe_open(str(directory / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
         per_token = _per_token(tensors.metadata())
+        scheme = _per_token_scheme(tensors.metadata())
         state = {key: tensors.get_tensor(key) for key in tensors.keys()}  # noqa: SIM118 (not a dict)
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
@@ -182,7 +202,9 @@ def load_int8(
         scales = state.pop(name + SCALE_SUFFIX)
         bias = state.pop(f"{name}.bias", None)
         bias = None if bias is None else bias.to(dtype)
-        layers[name] = int8_layer(weight, scales, bias, per_token=name in per_token, full_range=full_range)
+        layers[name] = int8_layer(
+            weight, scales, bias, per_token=name in per_token, scheme=scheme, full_range=full_range
+        )
         if name == OUTPUT_PROJECTION and TIED_EMBEDDING not in state:
             state[TIED_EMBEDDING] = weight.to(dtype) * scales.to(dtype)[:, None]
     floats = {name: tensor.to(dtype) for name, tensor in state.items()}

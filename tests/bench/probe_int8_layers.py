@@ -34,6 +34,7 @@ from compression.quantize.smoothing import smooth, whisper_smoothing_groups
 from compression.quantize.torch_int8 import encoder_and_ffn_outputs
 from compression.training.selection import select_utterances
 from model_store.backends.int8_dynamic import _per_channel_int8, int8_layer
+from model_store.backends.per_token_int8 import PerTokenScheme
 from model_store.whisper_tokens import special_tokens, transcription_prompt
 
 Selection = Callable[[str], bool]
@@ -47,14 +48,24 @@ ROWS: dict[str, Selection] = {
 
 
 def quantized_copy(
-    model: WhisperForConditionalGeneration, chosen: Selection, per_token: Selection = lambda name: False
+    model: WhisperForConditionalGeneration,
+    chosen: Selection,
+    per_token: Selection = lambda name: False,
+    *,
+    scheme: PerTokenScheme = "symmetric",
+    full_range: bool = False,
 ) -> WhisperForConditionalGeneration:
+    """A copy with the ``chosen`` Linears in int8, activations per token in the ``per_token`` ones
+    (rows quantized with ``scheme``) and per matrix in the others (8-bit with ``full_range``, else 7)."""
     quantized = copy.deepcopy(model)
     for name, module in list(quantized.named_modules()):
         if isinstance(module, nn.Linear) and chosen(name):
             weight, scales = _per_channel_int8(module.weight.data)
             bias = None if module.bias is None else module.bias.data
-            quantized.set_submodule(name, int8_layer(weight, scales, bias, per_token=per_token(name)))
+            layer = int8_layer(
+                weight, scales, bias, per_token=per_token(name), scheme=scheme, full_range=full_range
+            )
+            quantized.set_submodule(name, layer)
     return quantized
 
 

@@ -1,0 +1,150 @@
+"""How far each int8 activation scheme moves Whisper's next-token distributions, measured as decoding runs.
+
+    python -m tests.bench.probe_int8_decoding --store .hush/store              # whisper-base, 3 dev utts a language
+
+`probe_int8_layers` runs the decoder teacher-forced on whole sequences, where a per-matrix activation
+scale covers every token at once; while decoding, each step quantizes one token. Here the decoder is
+fed the gold transcript one token a step with its key/value cache, as greedy decoding feeds its own
+tokens, so every scheme is measured under the numerics it has when serving. For each row: the mean
+KL divergence from the float model's next-token distribution to the int8 model's, its median, and
+how often their top tokens agree. Rows with 8-bit per-matrix activations need a CPU with VNNI and
+are left out elsewhere. A fidelity probe with far less noise than decoded CER on a few utterances;
+`hush eval` remains the accuracy figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import WhisperForConditionalGeneration, WhisperTokenizer
+
+from compression.quantize.calibration import CalibrationExample, calibration_examples, covered_languages
+from compression.quantize.torch_int8 import encoder_and_ffn_outputs
+from compression.training.selection import select_utterances
+from model_store.backends.cpu_features import full_range_int8_is_exact
+from model_store.backends.int8_dynamic import _per_channel_int8
+from model_store.whisper_tokens import special_tokens, transcription_prompt
+from tests.bench.probe_int8_layers import quantized_copy
+
+Variant = Callable[[WhisperForConditionalGeneration], WhisperForConditionalGeneration]
+
+
+@torch.inference_mode()
+def stepwise_log_probs(
+    model: WhisperForConditionalGeneration, examples: Sequence[CalibrationExample], prompt_length: int
+) -> list[torch.Tensor]:
+    """Next-token log-probabilities at the target positions, the prompt run as one block and then
+    one gold token a step through the cache, as decoding runs the model."""
+    result = []
+    for example in examples:
+        encoded = model.model.encoder(example.features).last_hidden_state
+        ids = example.decoder_input_ids
+        step = model(encoder_outputs=(encoded,), decoder_input_ids=ids[:, :prompt_length], use_cache=True)
+        logits = [step.logits[0, -1]]
+        for position in range(prompt_length, ids.shape[1] - 1):
+            step = model(
+                encoder_outputs=(encoded,),
+                decoder_input_ids=ids[:, position : position + 1],
+                past_key_values=step.past_key_values,
+                use_cache=True,
+            )
+            logits.append(step.logits[0, -1])
+        result.append(torch.log_softmax(torch.stack(logits), dim=-1))
+    return result
+
+
+def fidelity(reference: list[torch.Tensor], other: list[torch.Tensor]) -> tuple[float, float, float]:
+    """Mean and median KL(reference || other) per token, and the share of equal top tokens."""
+    kl = torch.cat([(r.exp() * (r - o)).sum(-1) for r, o in zip(reference, other, strict=True)])
+    agree = torch.cat([(r.argmax(-1) == o.argmax(-1)).float() for r, o in zip(reference, other, strict=True)])
+    return float(kl.mean()), float(kl.median()), float(agree.mean())
+
+
+def weights_only(model: WhisperForConditionalGeneration) -> WhisperForConditionalGeneration:
+    """Every Linear's weights rounded to per-channel int8, computed in float: the floor that no
+    activation scheme can go below."""
+    rounded = quantized_copy(model, lambda name: False)
+    for module in rounded.modules():
+        if isinstance(module, nn.Linear):
+            weight, scales = _per_channel_int8(module.weight.data)
+            module.weight.data = weight.float() * scales[:, None]
+    return rounded
+
+
+def rows(full_range_available: bool) -> dict[str, Variant]:
+    def everything(name: str) -> bool:
+        return True
+
+    def per_token(model: WhisperForConditionalGeneration) -> Callable[[str], bool]:
+        names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+        return set(encoder_and_ffn_outputs(names)).__contains__
+
+    table: dict[str, Variant] = {
+        "weights int8, activations float": weights_only,
+        "ptq-int8, 7-bit": lambda model: quantized_copy(model, everything),
+        "per-token symmetric, 7-bit (ptq-int8-per-token before session 13)": lambda model: quantized_copy(
+            model, everything, per_token(model)
+        ),
+        "per-token asymmetric, 7-bit": lambda model: quantized_copy(
+            model, everything, per_token(model), scheme="asymmetric"
+        ),
+    }
+    if full_range_available:
+        table |= {
+            "ptq-int8, 8-bit": lambda model: quantized_copy(model, everything, full_range=True),
+            "per-token symmetric, 8-bit": lambda model: quantized_copy(
+                model, everything, per_token(model), full_range=True
+            ),
+            "per-token asymmetric, 8-bit (ptq-int8-per-token now)": lambda model: quantized_copy(
+                model, everything, per_token(model), scheme="asymmetric", full_range=True
+            ),
+        }
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--variant", default="whisper-base", help="a float transformers variant")
+    parser.add_argument("--corpus", type=Path, help="default: the one built under HUSH_HOME")
+    parser.add_argument("--per-language", type=int, default=3, help="dev utterances per language")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    from compression.evaluation.cli import find_corpus
+    from model_store.settings import HushSettings
+    from model_store.store import ModelStore
+
+    torch.set_num_threads(args.threads)
+    store = ModelStore(args.store)
+    directory = store.path(args.variant)
+    manifest = store.verify(args.variant)
+    corpus = find_corpus(HushSettings(), args.corpus)
+    tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
+    tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
+    model = WhisperForConditionalGeneration.from_pretrained(directory, torch_dtype=torch.float32).eval()
+    languages = covered_languages(corpus, manifest)
+    utterances = select_utterances(corpus, "dev", languages, args.per_language, seed=1)
+    examples = calibration_examples(utterances, tokenizer, tokens, model.config.num_mel_bins)
+    prompt_length = len(transcription_prompt(tokens, languages[0]))
+    reference = stepwise_log_probs(model, examples, prompt_length)
+
+    vnni = full_range_int8_is_exact()
+    targets = sum(len(r) for r in reference)
+    print(f"{args.variant}: {len(examples)} dev utterances, {targets} target tokens, decoded step by step,")
+    print(f"{args.threads} thread(s); CPU with VNNI: {vnni}\n")
+    print(f"| {'int8 scheme':66s} | {'KL mean':>8s} | {'KL median':>9s} | {'top-1 agree':>11s} |")
+    print(f"|{'-' * 68}|{'-' * 10}|{'-' * 11}|{'-' * 13}|")
+    for label, make in rows(vnni).items():
+        kl, median, agree = fidelity(reference, stepwise_log_probs(make(model), examples, prompt_length))
+        print(f"| {label:66s} | {kl:8.4f} | {median:9.5f} | {agree:11.1%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
