@@ -272,7 +272,7 @@ def test_keep_fc2_stores_and_runs_the_ffn_output_layers_in_float(
     assert isinstance(model.get_submodule("model.decoder.layers.1.fc1"), quantized_dynamic.Linear)
 
 
-def test_per_token_variant_quantizes_encoder_and_fc2_inputs_per_token(
+def test_per_token_variant_quantizes_encoder_fc2_and_cross_attention_inputs_per_token(
     store: ModelStore, variant: Callable[[str], Manifest]
 ) -> None:
     directory = store.path(variant("ptq-int8-per-token").id)
@@ -283,8 +283,14 @@ def test_per_token_variant_quantizes_encoder_and_fc2_inputs_per_token(
         for name, module in model.named_modules()
         if isinstance(module, (PerTokenInt8Linear, quantized_dynamic.Linear))
     }
-    expected = {name for name in linears if name.startswith("model.encoder.") or name.endswith(".fc2")}
-    assert listed == expected and len(expected) == 2 * 6 + 2  # 6 Linears a layer in the encoder, + 2 fc2
+    cross = ("encoder_attn.k_proj", "encoder_attn.v_proj")
+    expected = {
+        name
+        for name in linears
+        if name.startswith("model.encoder.") or name.endswith(".fc2") or name.endswith(cross)
+    }
+    # 6 Linears a layer in the encoder, + 2 fc2 and 2 x 2 cross-attention inputs in the decoder
+    assert listed == expected and len(expected) == 2 * 6 + 2 + 4
     assert all(isinstance(model.get_submodule(name), PerTokenInt8Linear) for name in expected)
     assert isinstance(model.get_submodule("model.decoder.layers.0.fc1"), quantized_dynamic.Linear)
     assert per_token_linears(store.path(variant("ptq-int8").id) / INT8_WEIGHTS_FILENAME) == frozenset()

@@ -4,7 +4,7 @@
 |-------------------|--------------|--------|-------------------------------------------------------------|
 | ptq-int8          | transformers | cpu    | int8 Linear weights + per-channel scales, float16 the rest  |
 | ptq-int8-keep-fc2 | transformers | cpu    | as ptq-int8, but the FFNs' fc2 Linears in float16           |
-| ptq-int8-per-token| transformers | cpu    | as ptq-int8; encoder and fc2 inputs quantized per token     |
+| ptq-int8-per-token| transformers | cpu    | as ptq-int8; encoder, fc2, cross-attn k/v inputs per token  |
 | ct2-int8          | ctranslate2  | cpu    | CTranslate2 model.bin, int8 weights (embeddings included)   |
 | ct2-int8_float16  | ctranslate2  | cuda   | CTranslate2 model.bin, int8 weights, float16 the rest       |
 | bnb-int8          | transformers | cpu    | bitsandbytes LLM.int8 rows + scales, float16 the rest       |
@@ -28,7 +28,7 @@ from compression.quantize.bnb import write_bnb
 from compression.quantize.half import write_half
 from compression.quantize.parent import Parent
 from compression.quantize.smoothed_parent import SmoothingPlan, smoothed_model
-from compression.quantize.torch_int8 import FFN_OUTPUT, encoder_and_ffn_outputs, write_ptq_int8
+from compression.quantize.torch_int8 import FFN_OUTPUT, many_rows_and_ffn_outputs, write_ptq_int8
 from model_store.errors import HushError
 from model_store.manifest import Backend, Device, Manifest, Recipe, size_tier_for
 from model_store.store import ModelStore
@@ -98,9 +98,9 @@ METHODS: dict[str, QuantizationMethod] = {
             "transformers",
             "cpu",
             "int8",
-            lambda parent, target: write_ptq_int8(parent, target, per_token=encoder_and_ffn_outputs),
-            "int8 of every Linear, with activations quantized per token (not per matrix) in the "
-            "encoder and every fc2, as CTranslate2 does",
+            lambda parent, target: write_ptq_int8(parent, target, per_token=many_rows_and_ffn_outputs),
+            "int8 of every Linear, with activations quantized per token (not per matrix, zero point "
+            "per row) in the encoder, every fc2 and the cross-attention keys and values",
             quantizes_activations=True,
         ),
         QuantizationMethod(

@@ -23,12 +23,12 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
 from compression.quantize.calibration import CalibrationExample, calibration_examples, covered_languages
-from compression.quantize.torch_int8 import encoder_and_ffn_outputs
+from compression.quantize.torch_int8 import encoder_and_ffn_outputs, many_rows_and_ffn_outputs
 from compression.training.selection import select_utterances
 from model_store.backends.cpu_features import full_range_int8_is_exact
 from model_store.backends.int8_dynamic import _per_channel_int8
 from model_store.whisper_tokens import special_tokens, transcription_prompt
-from tests.bench.probe_int8_layers import quantized_copy
+from tests.bench.probe_int8_layers import Selection, quantized_copy
 
 Variant = Callable[[WhisperForConditionalGeneration], WhisperForConditionalGeneration]
 
@@ -79,28 +79,38 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
     def everything(name: str) -> bool:
         return True
 
-    def per_token(model: WhisperForConditionalGeneration) -> Callable[[str], bool]:
-        names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-        return set(encoder_and_ffn_outputs(names)).__contains__
+    def selection(
+        choose: Callable[[list[str]], list[str]],
+    ) -> Callable[[WhisperForConditionalGeneration], Selection]:
+        def chosen(model: WhisperForConditionalGeneration) -> Selection:
+            names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+            return set(choose(names)).__contains__
 
+        return chosen
+
+    encoder_and_fc2 = selection(encoder_and_ffn_outputs)
+    with_cross = selection(many_rows_and_ffn_outputs)
     table: dict[str, Variant] = {
         "weights int8, activations float": weights_only,
         "ptq-int8, 7-bit": lambda model: quantized_copy(model, everything),
-        "per-token symmetric, 7-bit (ptq-int8-per-token before session 13)": lambda model: quantized_copy(
-            model, everything, per_token(model)
+        "per token: encoder + fc2, symmetric, 7-bit (before session 13)": lambda model: quantized_copy(
+            model, everything, encoder_and_fc2(model)
         ),
-        "per-token asymmetric, 7-bit": lambda model: quantized_copy(
-            model, everything, per_token(model), scheme="asymmetric"
+        "per token: encoder + fc2, asymmetric, 7-bit": lambda model: quantized_copy(
+            model, everything, encoder_and_fc2(model), scheme="asymmetric"
         ),
     }
     if full_range_available:
         table |= {
             "ptq-int8, 8-bit": lambda model: quantized_copy(model, everything, full_range=True),
-            "per-token symmetric, 8-bit": lambda model: quantized_copy(
-                model, everything, per_token(model), full_range=True
+            "per token: encoder + fc2, symmetric, 8-bit": lambda model: quantized_copy(
+                model, everything, encoder_and_fc2(model), full_range=True
             ),
-            "per-token asymmetric, 8-bit (ptq-int8-per-token now)": lambda model: quantized_copy(
-                model, everything, per_token(model), scheme="asymmetric", full_range=True
+            "per token: encoder + fc2, asymmetric, 8-bit": lambda model: quantized_copy(
+                model, everything, encoder_and_fc2(model), scheme="asymmetric", full_range=True
+            ),
+            "per token: + cross-attention k/v, asymmetric, 8-bit (now)": lambda model: quantized_copy(
+                model, everything, with_cross(model), scheme="asymmetric", full_range=True
             ),
         }
     return table
