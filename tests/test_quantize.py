@@ -34,9 +34,9 @@ from model_store.backends.int8_dynamic import (
     INT8_WEIGHTS_FILENAME,
     FullRangeDynamicLinear,
     _quantized_linear,
+    asymmetric_linears,
     load_int8,
     per_token_linears,
-    per_token_scheme,
 )
 from model_store.backends.per_token_int8 import PerTokenInt8Linear
 from model_store.backends.transformers_backend import TransformersTranscriber
@@ -294,11 +294,13 @@ def test_per_token_variant_quantizes_encoder_fc2_and_cross_attention_inputs_per_
     assert all(isinstance(model.get_submodule(name), PerTokenInt8Linear) for name in expected)
     assert isinstance(model.get_submodule("model.decoder.layers.0.fc1"), quantized_dynamic.Linear)
     assert per_token_linears(store.path(variant("ptq-int8").id) / INT8_WEIGHTS_FILENAME) == frozenset()
-    assert per_token_scheme(directory / INT8_WEIGHTS_FILENAME) == "asymmetric"
-    assert {model.get_submodule(name).scheme for name in expected} == {"asymmetric"}
+    fc2 = {name for name in expected if name.endswith(".fc2")}
+    assert asymmetric_linears(directory / INT8_WEIGHTS_FILENAME) == fc2 and len(fc2) == 4
+    assert all(model.get_submodule(name).scheme == "asymmetric" for name in fc2)  # post-GELU inputs
+    assert {model.get_submodule(name).scheme for name in expected - fc2} == {"symmetric"}
 
 
-def test_int8_files_without_a_per_token_scheme_load_symmetric_rows(
+def test_int8_files_without_asymmetric_linears_load_symmetric_rows(
     store: ModelStore, variant: Callable[[str], Manifest], tmp_path: Path
 ) -> None:
     """Files written before the scheme existed keep the symmetric rows they were evaluated with."""
@@ -306,10 +308,10 @@ def test_int8_files_without_a_per_token_scheme_load_symmetric_rows(
     with safe_open(str(source / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
         metadata = dict(tensors.metadata())
         state = {key: tensors.get_tensor(key) for key in tensors.keys()}  # noqa: SIM118
-    del metadata["per_token_scheme"]
+    del metadata["per_token_asymmetric"]
     shutil.copy(source / "config.json", tmp_path / "config.json")
     save_safetensors(state, tmp_path / INT8_WEIGHTS_FILENAME, metadata=metadata)
-    assert per_token_scheme(tmp_path / INT8_WEIGHTS_FILENAME) == "symmetric"
+    assert asymmetric_linears(tmp_path / INT8_WEIGHTS_FILENAME) == frozenset()
     layer = load_int8(tmp_path).get_submodule("model.encoder.layers.0.fc2")
     assert isinstance(layer, PerTokenInt8Linear) and layer.scheme == "symmetric"
 

@@ -51,7 +51,8 @@ def write_ptq_int8(
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     float_linears = [name for name in linear_names if name.rpartition(".")[2] in keep_float]
     per_token_linears = [] if per_token is None else per_token(linear_names)
-    save_int8(model, target, float_linears, per_token_linears)
+    asymmetric = [name for name in per_token_linears if name.endswith("." + FFN_OUTPUT)]
+    save_int8(model, target, float_linears, per_token_linears, asymmetric)
     parent.copy_assets(target)  # the tokenizer, processor and generation config; config.json is ours
     kept = (
         f", but {', '.join(sorted(keep_float))} (kept float16: {len(float_linears)} Linears)"
@@ -65,8 +66,9 @@ def write_ptq_int8(
         "float_linears": float_linears,
         "per_token_linears": per_token_linears,
         "scheme": "int8 weights, symmetric per output channel; activations quantized at run time, per "
-        "token in per_token_linears (torch._int_mm), per matrix in the others (PyTorch dynamic int8)",
-        "per_token_scheme": "asymmetric" if per_token_linears else None,
+        "token in per_token_linears (torch._int_mm; with a zero point per row in per_token_asymmetric, "
+        "the post-GELU fc2 inputs), per matrix in the others (PyTorch dynamic int8)",
+        "per_token_asymmetric": asymmetric,
         "tied_embedding": "stored once as the output projection's int8 rows, dequantized for lookup",
         "float_tensors": "float16",
         "engine": torch.backends.quantized.engine,

@@ -12,7 +12,8 @@ The file format (``model.int8.safetensors``, beside the checkpoint's ``config.js
 * the header's ``per_token`` metadata (a JSON list, absent in files written before it existed) names
   the Linears whose activations are quantized per token
   (:class:`~model_store.backends.per_token_int8.PerTokenInt8Linear`) rather than per matrix, and
-  ``per_token_scheme`` how (``asymmetric``; absent: ``symmetric``, as files written before it).
+  ``per_token_asymmetric`` (a JSON list) those of them whose rows get a zero point; the others' rows
+  are symmetric (all of them in files written before the key existed).
 
 Plain int8 tensors and float scales, not pickled ``torch.qint8`` objects: the bytes stay readable
 without PyTorch's quantized-tensor API (deprecated in recent releases) and load with safetensors'
@@ -46,7 +47,7 @@ SCALE_SUFFIX = ".weight_scale"
 TIED_EMBEDDING = "model.decoder.embed_tokens.weight"
 OUTPUT_PROJECTION = "proj_out"
 PER_TOKEN_KEY = "per_token"
-PER_TOKEN_SCHEME_KEY = "per_token_scheme"
+PER_TOKEN_ASYMMETRIC_KEY = "per_token_asymmetric"
 FLOAT_STORAGE = torch.float16  # the non-Linear tensors; the imported teachers are float16 already
 
 
@@ -95,21 +96,25 @@ def save_int8(
     directory: Path,
     float_linears: Collection[str] = (),
     per_token_linears: Collection[str] = (),
-    per_token_scheme: PerTokenScheme = "asymmetric",
+    asymmetric_linears: Collection[str] = (),
 ) -> Path:
     """Write the model's int8 weights (float16 for ``float_linears``) and its config to
-    ``directory``; ``per_token_linears`` will quantize their inputs per token with ``per_token_scheme``.
-    Returns the weights file."""
+    ``directory``; ``per_token_linears`` will quantize their inputs per token, with a zero point per
+    row in ``asymmetric_linears`` (a subset). Returns the weights file."""
     both = sorted(set(float_linears) & set(per_token_linears))
     if both:
         raise ValueError(f"Linears both kept float and quantized per token: {both}")
+    stray = sorted(set(asymmetric_linears) - set(per_token_linears))
+    if stray:
+        raise ValueError(f"asymmetric rows are a per-token scheme; not per token: {stray}")
     state = int8_state_dict(model, float_linears)
     model.config.save_pretrained(directory)
     path = directory / INT8_WEIGHTS_FILENAME
     metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tied": "true" if _tied(model) else "false"}
     if per_token_linears:
         metadata[PER_TOKEN_KEY] = json.dumps(sorted(per_token_linears))
-        metadata[PER_TOKEN_SCHEME_KEY] = per_token_scheme
+    if asymmetric_linears:
+        metadata[PER_TOKEN_ASYMMETRIC_KEY] = json.dumps(sorted(asymmetric_linears))
     save_safetensors(state, path, metadata=metadata)
     return path
 
@@ -117,25 +122,18 @@ def save_int8(
 def per_token_linears(path: Path) -> frozenset[str]:
     """The Linears an int8 weights file quantizes per token (none in files without the key)."""
     with safe_open(str(path), framework="pt") as tensors:
-        return _per_token(tensors.metadata())
+        return _listed(tensors.metadata(), PER_TOKEN_KEY)
 
 
-def per_token_scheme(path: Path) -> PerTokenScheme:
-    """How an int8 weights file's per-token Linears quantize their rows."""
+def asymmetric_linears(path: Path) -> frozenset[str]:
+    """The per-token Linears of an int8 weights file whose rows have a zero point."""
     with safe_open(str(path), framework="pt") as tensors:
-        return _per_token_scheme(tensors.metadata())
+        return _listed(tensors.metadata(), PER_TOKEN_ASYMMETRIC_KEY)
 
 
-def _per_token(metadata: dict[str, str] | None) -> frozenset[str]:
-    listed = (metadata or {}).get(PER_TOKEN_KEY)
+def _listed(metadata: dict[str, str] | None, key: str) -> frozenset[str]:
+    listed = (metadata or {}).get(key)
     return frozenset(json.loads(listed)) if listed else frozenset()
-
-
-def _per_token_scheme(metadata: dict[str, str] | None) -> PerTokenScheme:
-    scheme = (metadata or {}).get(PER_TOKEN_SCHEME_KEY, "symmetric")
-    if scheme not in ("symmetric", "asymmetric"):
-        raise ValueError(f"unknown {PER_TOKEN_SCHEME_KEY} {scheme!r} in an int8 weights file")
-    return "asymmetric" if scheme == "asymmetric" else "symmetric"
 
 
 class FullRangeDynamicLinear(quantized_dynamic.Linear):
@@ -186,8 +184,8 @@ def load_int8(
     ``full_range``: its per-matrix Linears quantize activations to 8 bits, not 7 (VNNI CPUs)."""
     config = WhisperConfig.from_pretrained(directory, local_files_only=True)
     with safe_open(str(directory / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
-        per_token = _per_token(tensors.metadata())
-        scheme = _per_token_scheme(tensors.metadata())
+        per_token = _listed(tensors.metadata(), PER_TOKEN_KEY)
+        asymmetric = _listed(tensors.metadata(), PER_TOKEN_ASYMMETRIC_KEY)
         state = {key: tensors.get_tensor(key) for key in tensors.keys()}  # noqa: SIM118 (not a dict)
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
@@ -202,6 +200,7 @@ def load_int8(
         scales = state.pop(name + SCALE_SUFFIX)
         bias = state.pop(f"{name}.bias", None)
         bias = None if bias is None else bias.to(dtype)
+        scheme: PerTokenScheme = "asymmetric" if name in asymmetric else "symmetric"
         layers[name] = int8_layer(
             weight, scales, bias, per_token=name in per_token, scheme=scheme, full_range=full_range
         )

@@ -72,7 +72,8 @@ class PerTokenInt8Linear(nn.Module):
             bottom.clamp_(max=0.0)
             scale = (top - bottom).clamp_(min=MIN_RANGE).div_(UINT8_LEVELS)
             zero_point = bottom.div(scale).neg_().round_()  # in [0, 255]
-            shifted = rows.div(scale).round_().add_(zero_point).clamp_(0.0, UINT8_LEVELS).sub_(UINT8_MIDDLE)
+            # u - 128 with u = round(x / s) + z, in one pass: z is an integer, so adding it first rounds alike
+            shifted = rows.div(scale).add_(zero_point - UINT8_MIDDLE).round_().clamp_(-UINT8_MIDDLE, INT8_MAX)
             output = torch._int_mm(shifted.to(torch.int8), self.weight_t).float()
             output.addcmul_(UINT8_MIDDLE - zero_point, self.weight_sums)
         output.mul_(scale).mul_(self.weight_scale)

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
 from compression.quantize.calibration import CalibrationExample, calibration_examples, covered_languages
-from compression.quantize.torch_int8 import encoder_and_ffn_outputs, many_rows_and_ffn_outputs
+from compression.quantize.torch_int8 import FFN_OUTPUT, encoder_and_ffn_outputs, many_rows_and_ffn_outputs
 from compression.training.selection import select_utterances
 from model_store.backends.cpu_features import full_range_int8_is_exact
 from model_store.backends.int8_dynamic import _per_channel_int8
@@ -90,14 +90,18 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
 
     encoder_and_fc2 = selection(encoder_and_ffn_outputs)
     with_cross = selection(many_rows_and_ffn_outputs)
+
+    def fc2(name: str) -> bool:
+        return name.endswith("." + FFN_OUTPUT)
+
     table: dict[str, Variant] = {
         "weights int8, activations float": weights_only,
         "ptq-int8, 7-bit": lambda model: quantized_copy(model, everything),
         "per token: encoder + fc2, symmetric, 7-bit (before session 13)": lambda model: quantized_copy(
             model, everything, encoder_and_fc2(model)
         ),
-        "per token: encoder + fc2, asymmetric, 7-bit": lambda model: quantized_copy(
-            model, everything, encoder_and_fc2(model), scheme="asymmetric"
+        "per token: encoder + fc2, fc2 rows asymmetric, 7-bit": lambda model: quantized_copy(
+            model, everything, encoder_and_fc2(model), asymmetric=fc2
         ),
     }
     if full_range_available:
@@ -106,11 +110,14 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
             "per token: encoder + fc2, symmetric, 8-bit": lambda model: quantized_copy(
                 model, everything, encoder_and_fc2(model), full_range=True
             ),
-            "per token: encoder + fc2, asymmetric, 8-bit": lambda model: quantized_copy(
-                model, everything, encoder_and_fc2(model), scheme="asymmetric", full_range=True
+            "per token: encoder + fc2, every row asymmetric, 8-bit": lambda model: quantized_copy(
+                model, everything, encoder_and_fc2(model), asymmetric=everything, full_range=True
             ),
-            "per token: + cross-attention k/v, asymmetric, 8-bit (now)": lambda model: quantized_copy(
-                model, everything, with_cross(model), scheme="asymmetric", full_range=True
+            "per token: encoder + fc2, fc2 rows asymmetric, 8-bit": lambda model: quantized_copy(
+                model, everything, encoder_and_fc2(model), asymmetric=fc2, full_range=True
+            ),
+            "per token: + cross-attention k/v, fc2 rows asymmetric, 8-bit (now)": lambda model: (
+                quantized_copy(model, everything, with_cross(model), asymmetric=fc2, full_range=True)
             ),
         }
     return table
@@ -149,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     targets = sum(len(r) for r in reference)
     print(f"{args.variant}: {len(examples)} dev utterances, {targets} target tokens, decoded step by step,")
     print(f"{args.threads} thread(s); CPU with VNNI: {vnni}\n")
-    print(f"| {'int8 scheme':66s} | {'KL mean':>8s} | {'KL median':>9s} | {'top-1 agree':>11s} |")
-    print(f"|{'-' * 68}|{'-' * 10}|{'-' * 11}|{'-' * 13}|")
+    print(f"| {'int8 scheme':70s} | {'KL mean':>8s} | {'KL median':>9s} | {'top-1 agree':>11s} |")
+    print(f"|{'-' * 72}|{'-' * 10}|{'-' * 11}|{'-' * 13}|")
     for label, make in rows(vnni).items():
         kl, median, agree = fidelity(reference, stepwise_log_probs(make(model), examples, prompt_length))
-        print(f"| {label:66s} | {kl:8.4f} | {median:9.5f} | {agree:11.1%} |", flush=True)
+        print(f"| {label:70s} | {kl:8.4f} | {median:9.5f} | {agree:11.1%} |", flush=True)
 
 
 if __name__ == "__main__":

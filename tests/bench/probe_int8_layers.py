@@ -52,18 +52,28 @@ def quantized_copy(
     chosen: Selection,
     per_token: Selection = lambda name: False,
     *,
-    scheme: PerTokenScheme = "symmetric",
+    asymmetric: Selection = lambda name: False,
     full_range: bool = False,
 ) -> WhisperForConditionalGeneration:
     """A copy with the ``chosen`` Linears in int8, activations per token in the ``per_token`` ones
-    (rows quantized with ``scheme``) and per matrix in the others (8-bit with ``full_range``, else 7)."""
+    (rows with a zero point in the ``asymmetric`` ones, symmetric in the others) and per matrix in
+    the rest (8-bit with ``full_range``, else 7)."""
+
+    def scheme_of(name: str) -> PerTokenScheme:
+        return "asymmetric" if asymmetric(name) else "symmetric"
+
     quantized = copy.deepcopy(model)
     for name, module in list(quantized.named_modules()):
         if isinstance(module, nn.Linear) and chosen(name):
             weight, scales = _per_channel_int8(module.weight.data)
             bias = None if module.bias is None else module.bias.data
             layer = int8_layer(
-                weight, scales, bias, per_token=per_token(name), scheme=scheme, full_range=full_range
+                weight,
+                scales,
+                bias,
+                per_token=per_token(name),
+                scheme=scheme_of(name),
+                full_range=full_range,
             )
             quantized.set_submodule(name, layer)
     return quantized
