@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import WhisperForConditionalGeneration, WhisperTokenizer
+from transformers import WhisperForConditionalGeneration
 
-from compression.quantize.calibration import CalibrationExample, calibration_examples, covered_languages
+from compression.quantize.calibration import CalibrationExample
 from compression.quantize.torch_int8 import FFN_OUTPUT, encoder_and_ffn_outputs, many_rows_and_ffn_outputs
-from compression.training.selection import select_utterances
 from model_store.backends.cpu_features import full_range_int8_is_exact
 from model_store.backends.int8_dynamic import _per_channel_int8
-from model_store.whisper_tokens import special_tokens, transcription_prompt
-from tests.bench.probe_int8_layers import Selection, quantized_copy
+from tests.bench.probe_int8_layers import Selection, add_probe_arguments, probe_inputs, quantized_copy
 
 Variant = Callable[[WhisperForConditionalGeneration], WhisperForConditionalGeneration]
 
@@ -127,29 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--variant", default="whisper-base", help="a float transformers variant")
-    parser.add_argument("--corpus", type=Path, help="default: the one built under HUSH_HOME")
-    parser.add_argument("--per-language", type=int, default=3, help="dev utterances per language")
-    parser.add_argument("--threads", type=int, default=1)
+    add_probe_arguments(parser, per_language=3)
     args = parser.parse_args(argv)
-
-    from compression.evaluation.cli import find_corpus
-    from model_store.settings import HushSettings
-    from model_store.store import ModelStore
-
-    torch.set_num_threads(args.threads)
-    store = ModelStore(args.store)
-    directory = store.path(args.variant)
-    manifest = store.verify(args.variant)
-    corpus = find_corpus(HushSettings(), args.corpus)
-    tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
-    tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)
-    model = WhisperForConditionalGeneration.from_pretrained(directory, torch_dtype=torch.float32).eval()
-    languages = covered_languages(corpus, manifest)
-    utterances = select_utterances(corpus, "dev", languages, args.per_language, seed=1)
-    examples = calibration_examples(utterances, tokenizer, tokens, model.config.num_mel_bins)
-    prompt_length = len(transcription_prompt(tokens, languages[0]))
+    inputs = probe_inputs(args)
+    model, examples, prompt_length = inputs.model, inputs.examples, inputs.prompt_length
     reference = stepwise_log_probs(model, examples, prompt_length)
 
     vnni = full_range_int8_is_exact()

@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
+from compression.data.corpus import Corpus
 from compression.quantize.calibration import (
     CalibrationExample,
     calibration_examples,
@@ -35,7 +37,8 @@ from compression.quantize.torch_int8 import encoder_and_ffn_outputs
 from compression.training.selection import select_utterances
 from model_store.backends.int8_dynamic import _per_channel_int8, int8_layer
 from model_store.backends.per_token_int8 import PerTokenScheme
-from model_store.whisper_tokens import special_tokens, transcription_prompt
+from model_store.manifest import Manifest
+from model_store.whisper_tokens import SpecialTokens, special_tokens, transcription_prompt
 
 Selection = Callable[[str], bool]
 ROWS: dict[str, Selection] = {
@@ -102,18 +105,31 @@ def divergence(reference: list[torch.Tensor], other: list[torch.Tensor]) -> tupl
     return float(kl.mean()), float(agree.mean())
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_probe_arguments(parser: argparse.ArgumentParser, *, per_language: int) -> None:
+    """The options both int8 probes take."""
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--variant", default="whisper-base", help="a float transformers variant")
     parser.add_argument("--corpus", type=Path, help="default: the one built under HUSH_HOME")
-    parser.add_argument("--per-language", type=int, default=1, help="dev utterances per language")
-    parser.add_argument("--smooth", default="", help="comma-separated SmoothQuant alphas to add rows for")
+    parser.add_argument("--per-language", type=int, default=per_language, help="dev utterances per language")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
 
+
+@dataclass(frozen=True)
+class ProbeInputs:
+    """The float model, its tokenizer and the dev utterances a probe runs it on."""
+
+    model: WhisperForConditionalGeneration
+    manifest: Manifest
+    corpus: Corpus
+    tokenizer: WhisperTokenizer
+    tokens: SpecialTokens
+    examples: list[CalibrationExample]
+    prompt_length: int
+
+
+def probe_inputs(args: argparse.Namespace) -> ProbeInputs:
+    """Open ``args.variant`` in float32 and the first ``args.per_language`` dev utterances of each
+    language it covers (seeded selection), with ``args.threads`` torch threads."""
     from compression.evaluation.cli import find_corpus
     from model_store.settings import HushSettings
     from model_store.store import ModelStore
@@ -130,6 +146,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     held_out = select_utterances(corpus, "dev", languages, args.per_language, seed=1)
     examples = calibration_examples(held_out, tokenizer, tokens, model.config.num_mel_bins)
     prompt_length = len(transcription_prompt(tokens, languages[0]))
+    return ProbeInputs(model, manifest, corpus, tokenizer, tokens, examples, prompt_length)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_probe_arguments(parser, per_language=1)
+    parser.add_argument("--smooth", default="", help="comma-separated SmoothQuant alphas to add rows for")
+    args = parser.parse_args(argv)
+    inputs = probe_inputs(args)
+    model, examples, prompt_length = inputs.model, inputs.examples, inputs.prompt_length
+    corpus, manifest, tokenizer, tokens = inputs.corpus, inputs.manifest, inputs.tokenizer, inputs.tokens
     reference = _log_probs(model, examples, prompt_length)
 
     rows: list[tuple[str, float, float]] = []
