@@ -37,6 +37,7 @@ from model_store.backends.int8_dynamic import (
     asymmetric_linears,
     load_int8,
     per_token_linears,
+    save_int8,
 )
 from model_store.backends.per_token_int8 import PerTokenInt8Linear
 from model_store.backends.transformers_backend import TransformersTranscriber
@@ -51,7 +52,7 @@ from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcription
 from tests.conftest import JFK_TEXT
-from tests.factories import publish_tiny_variant, recorded_encoder_inputs
+from tests.factories import publish_tiny_variant, recorded_encoder_inputs, tiny_random_whisper
 
 PARENT = "tiny-random"
 CPU_METHODS = [name for name, method in METHODS.items() if method.device == "cpu"]
@@ -608,3 +609,12 @@ def test_full_range_products_do_not_saturate_on_this_cpu() -> None:
     inputs = torch.full((4, 64), 3.0)
     expected = inputs @ (weight.float() * scales[:, None]).T
     assert torch.allclose(layer(inputs), expected, rtol=0.01)
+
+
+def test_asymmetric_rows_are_refused_outside_the_per_token_linears(tmp_path: Path) -> None:
+    model = tiny_random_whisper().model
+    fc2 = "model.encoder.layers.0.fc2"
+    with pytest.raises(ValueError, match=f"not per token: \\['{fc2}'\\]"):
+        save_int8(model, tmp_path, per_token_linears=["model.encoder.layers.0.fc1"], asymmetric_linears=[fc2])
+    save_int8(model, tmp_path, per_token_linears=[fc2], asymmetric_linears=[fc2])
+    assert asymmetric_linears(tmp_path / INT8_WEIGHTS_FILENAME) == {fc2}
