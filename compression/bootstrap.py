@@ -37,7 +37,7 @@ class DerivedVariant:
 
 DEFAULT_DERIVED = (
     DerivedVariant("whisper-base", "ptq-int8"),
-    # per-token activations: as accurate as CTranslate2's int8 (README), 5% slower than ptq-int8
+    # per-token activations: the int8 variant closest to its parent (README, session 13), 6% slower than ptq-int8
     DerivedVariant("whisper-base", "ptq-int8-per-token"),
     DerivedVariant("whisper-base", "ct2-int8"),
     # the fastest CPU variant on short clips; the router weighs its per-language CER like any other's
