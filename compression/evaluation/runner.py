@@ -171,9 +171,9 @@ def base_split(label: str) -> str:
 def merged_with_previous(previous: EvalReport | None, report: EvalReport) -> EvalReport:
     """``report`` plus the languages ``previous`` measured on the same corpus and split, with the same
     numerics, that it did not: evaluating a few languages again (``--languages``) must not erase the
-    others' figures, which the router reads. Each language keeps the figures of its latest measurement (with its own
-    utterance count); where those come from different slices of the split (``dev:first8`` and
-    ``dev``), the report's split says ``dev:mixed``."""
+    others' figures, which the router reads. Each language keeps the figures of its latest
+    measurement (with its own utterance count); where those come from different slices of the split
+    (``dev:first8`` and ``dev``), the report's split says ``dev:mixed``."""
     if (
         previous is None
         or previous.corpus_sha256 != report.corpus_sha256

@@ -16,13 +16,17 @@ FFN_OUTPUT = "fc2"  # the FFN's second Linear, whose input is the GELU's output
 ENCODER = "model.encoder."
 
 
+def is_ffn_output(linear_name: str) -> bool:
+    """Whether the Linear is an FFN's second (its input is the GELU's output, about ``[-0.17, max]``:
+    the Linears whose per-token rows ``ptq-int8-per-token`` quantizes with a zero point)."""
+    return linear_name.endswith("." + FFN_OUTPUT)
+
+
 def encoder_and_ffn_outputs(linear_names: Collection[str]) -> list[str]:
     """The Linears whose inputs have many rows or outliers: all the encoder's (1,500 frames a window),
     and every FFN's second Linear (post-GELU inputs). During decoding the decoder's other Linears see
     one token a step, where one scale per matrix already is one per token."""
-    return sorted(
-        name for name in linear_names if name.startswith(ENCODER) or name.endswith("." + FFN_OUTPUT)
-    )
+    return sorted(name for name in linear_names if name.startswith(ENCODER) or is_ffn_output(name))
 
 
 CROSS_ATTENTION_INPUTS = ("encoder_attn.k_proj", "encoder_attn.v_proj")  # read the encoder's 1,500 frames
@@ -51,7 +55,7 @@ def write_ptq_int8(
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     float_linears = [name for name in linear_names if name.rpartition(".")[2] in keep_float]
     per_token_linears = [] if per_token is None else per_token(linear_names)
-    asymmetric = [name for name in per_token_linears if name.endswith("." + FFN_OUTPUT)]
+    asymmetric = [name for name in per_token_linears if is_ffn_output(name)]
     save_int8(model, target, float_linears, per_token_linears, asymmetric)
     parent.copy_assets(target)  # the tokenizer, processor and generation config; config.json is ours
     kept = (

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration
 
 from compression.quantize.calibration import CalibrationExample
-from compression.quantize.torch_int8 import FFN_OUTPUT, encoder_and_ffn_outputs, many_rows_and_ffn_outputs
+from compression.quantize.torch_int8 import encoder_and_ffn_outputs, is_ffn_output, many_rows_and_ffn_outputs
 from model_store.backends.cpu_features import full_range_int8_is_exact
 from model_store.backends.int8_dynamic import _per_channel_int8
 from tests.bench.probe_int8_layers import Selection, add_probe_arguments, probe_inputs, quantized_copy
@@ -88,9 +88,6 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
     encoder_and_fc2 = selection(encoder_and_ffn_outputs)
     with_cross = selection(many_rows_and_ffn_outputs)
 
-    def fc2(name: str) -> bool:
-        return name.endswith("." + FFN_OUTPUT)
-
     table: dict[str, Variant] = {
         "weights int8, activations float": weights_only,
         "ptq-int8, 7-bit": lambda model: quantized_copy(model, everything),
@@ -98,7 +95,7 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
             model, everything, encoder_and_fc2(model)
         ),
         "per token: encoder + fc2, fc2 rows asymmetric, 7-bit": lambda model: quantized_copy(
-            model, everything, encoder_and_fc2(model), asymmetric=fc2
+            model, everything, encoder_and_fc2(model), asymmetric=is_ffn_output
         ),
     }
     if full_range_available:
@@ -111,10 +108,12 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
                 model, everything, encoder_and_fc2(model), asymmetric=everything, full_range=True
             ),
             "per token: encoder + fc2, fc2 rows asymmetric, 8-bit": lambda model: quantized_copy(
-                model, everything, encoder_and_fc2(model), asymmetric=fc2, full_range=True
+                model, everything, encoder_and_fc2(model), asymmetric=is_ffn_output, full_range=True
             ),
             "per token: + cross-attention k/v, fc2 rows asymmetric, 8-bit (now)": lambda model: (
-                quantized_copy(model, everything, with_cross(model), asymmetric=fc2, full_range=True)
+                quantized_copy(
+                    model, everything, with_cross(model), asymmetric=is_ffn_output, full_range=True
+                )
             ),
         }
     return table
