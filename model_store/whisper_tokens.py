@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import WhisperTokenizer
+# WhisperTokenizerFast reads tokenizer.json in transformers 4.x and 5.x alike (5.x: an alias of
+# WhisperTokenizer, whose 4.x form is the slow tokenizer); the stubs do not list the lazy export.
+from transformers import WhisperTokenizer, WhisperTokenizerFast  # type: ignore[attr-defined]
 
 from model_store.errors import SourceError
 
@@ -45,7 +47,7 @@ def transcription_prompt(tokens: SpecialTokens, language: str) -> list[int]:
 
 def load_tokenizer(tokenizer_json: Path) -> WhisperTokenizer:
     """The tokenizer, with the 1501 timestamp tokens appended when the file lacks them."""
-    tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_json))
+    tokenizer = WhisperTokenizerFast(tokenizer_file=str(tokenizer_json))
     vocabulary = tokenizer.get_vocab()
     if timestamp_token(0) not in vocabulary:
         tokenizer.add_tokens([timestamp_token(index) for index in range(TIMESTAMP_TOKENS)])

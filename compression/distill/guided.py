@@ -49,6 +49,7 @@ from compression.distill.fake_quant import (
 from compression.distill.guided_bits import Sensitivity, uniform_width
 from compression.distill.objective import logits_of
 from compression.training.dataset import Batch
+from model_store.backends.cache_keyword import cache_keyword
 
 SensitivityMeasure = Literal[
     "linear-output", "model-output", "model-output-at-budget", "decisions-at-budget", "transcripts-at-budget"
@@ -249,8 +250,8 @@ def target_logits(
     output = model.model(
         encoder_outputs=BaseModelOutput(last_hidden_state=batch.encoder_hidden),
         decoder_input_ids=batch.decoder_input_ids,
-        cache=cache,
         use_cache=cache is not None,
+        **{cache_keyword(model.model): cache},
     )
     return model.proj_out(output.last_hidden_state[batch.mask])
 

@@ -14,6 +14,7 @@ import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 from transformers.modeling_outputs import BaseModelOutput
 
+from model_store.backends.cache_keyword import cache_keyword
 from model_store.backends.quantized_loading import load_model
 from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
 from model_store.features import Mel
@@ -48,6 +49,7 @@ class TransformersWindowDecoder(TokenizerText):
         self.tokens = tokens
         self.device = device
         self.dtype = dtype
+        self._cache_keyword = cache_keyword(model)  # "cache" in transformers 5, "past_key_values" in 4
         suppress = list(getattr(generation, "suppress_tokens", None) or [])
         begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
         self._rules = {
@@ -141,10 +143,10 @@ class TransformersWindowDecoder(TokenizerText):
             output = self.model(
                 encoder_outputs=encoder_outputs,
                 decoder_input_ids=input_ids,
-                past_key_values=past,
                 use_cache=True,
+                **{self._cache_keyword: past},
             )
-            past = output.past_key_values
+            past = getattr(output, self._cache_keyword)
             if step == 0:
                 first = output.logits[torch.arange(rows, device=self.device), sot_indices].float()
                 no_speech = torch.softmax(first, dim=-1)[:, self.tokens.no_speech].tolist()
