@@ -23,6 +23,7 @@ ALL_LANGUAGES = "*"
 Backend = Literal["transformers", "ctranslate2"]
 Device = Literal["cpu", "cuda"]
 SizeTier = Literal["tiny", "base", "small", "medium", "large"]
+EncoderAttention = Literal["float32", "bfloat16"]
 
 # Upper bounds (parameters) of each tier, between the sizes of the OpenAI checkpoints:
 # tiny 39M, base 74M, small 244M, medium 769M, large 1550M.
@@ -101,7 +102,8 @@ class EvalReport(_Model):
     numerics: str = Field(
         "",
         description="What beside the weights decided the transcripts (model_store.opener.numerics_label): "
-        "'a8' for dynamic int8 run with 8-bit activations; empty when nothing did.",
+        "'a8' for dynamic int8 run with 8-bit activations, 'att32' for bfloat16 encoder attention run in "
+        "float32, joined with '-'; empty when nothing did.",
     )
 
 
@@ -174,6 +176,13 @@ class Manifest(_Model):
         description="Trimmed audio context: the encoder sees a window's audio plus about a second of "
         "padding (at least this many seconds) instead of always 30 s; a speed/accuracy trade measured "
         "like any other variant. None: Whisper's full 30 s. CTranslate2 variants only.",
+    )
+
+    encoder_attention: EncoderAttention = Field(
+        "float32",
+        description="Precision of the encoder's self-attention on a CPU: 'bfloat16' runs it in bfloat16 "
+        "blocks where the CPU multiplies bfloat16 natively (runtime.bf16_attention), about twice as "
+        "fast, a numerics change measured like any other. transformers CPU variants only.",
     )
 
     eval: EvalReport | None = None

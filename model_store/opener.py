@@ -47,6 +47,7 @@ def _open_transformers(
         dtype=dtype,
         batching=batching,
         int8_full_range=runtime.resolved_int8_full_range(),
+        bf16_encoder_attention=uses_bf16_attention(manifest, runtime),
     )
 
 
@@ -82,14 +83,29 @@ def device_for(manifest: Manifest, runtime: RuntimeSettings) -> str:
 def numerics_label(manifest: Manifest, runtime: RuntimeSettings) -> str:
     """What, beside its weights and the decoding, decides a variant's transcripts on this machine, as
     a label for results computed with it (``""`` when nothing does): ``a8`` for dynamic int8 weights
-    run with 8-bit activations (``runtime.int8_full_range``), whose transcripts differ from 7-bit ones."""
+    run with 8-bit activations (``runtime.int8_full_range``), whose transcripts differ from 7-bit ones;
+    ``att32`` for a variant published with bfloat16 encoder attention that runs it in float32 here
+    (``runtime.bf16_attention``). Parts are joined with ``-``."""
     if manifest.backend != "transformers":
         return ""
     from model_store.backends.quantized_loading import weights_format
 
+    parts = []
     if weights_format(manifest) == "torch-dynamic-int8" and runtime.resolved_int8_full_range():
-        return "a8"
-    return ""
+        parts.append("a8")
+    if manifest.encoder_attention == "bfloat16" and not uses_bf16_attention(manifest, runtime):
+        parts.append("att32")
+    return "-".join(parts)
+
+
+def uses_bf16_attention(manifest: Manifest, runtime: RuntimeSettings) -> bool:
+    """Whether the variant runs its encoder's self-attention in bfloat16 here: published so, on a CPU,
+    and ``runtime.bf16_attention`` (unset: where the CPU multiplies bfloat16 natively)."""
+    return (
+        manifest.encoder_attention == "bfloat16"
+        and runtime.resolved_device() == "cpu"
+        and runtime.resolved_bf16_attention()
+    )
 
 
 def runnable_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:

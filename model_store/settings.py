@@ -74,6 +74,21 @@ class RuntimeSettings(BaseModel):
         "(AVX512-VNNI, AVX-VNNI, AMX), off elsewhere, where 8-bit products can saturate.",
     )
 
+    bf16_attention: bool | None = Field(
+        None,
+        description="Run the encoder's self-attention in bfloat16 for variants published with "
+        "encoder_attention 'bfloat16' (hush compress quantize ... --encoder-attention bfloat16). Unset: "
+        "on where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX), off elsewhere, where it would "
+        "be slower than float32 (the variant then computes float32 attention).",
+    )
+
+    def resolved_bf16_attention(self) -> bool:
+        if self.bf16_attention is not None:
+            return self.bf16_attention
+        from model_store.backends.cpu_features import native_bf16
+
+        return native_bf16()
+
     def resolved_int8_full_range(self) -> bool:
         if self.int8_full_range is not None:
             return self.int8_full_range

@@ -62,5 +62,7 @@ def test_int8_schemes_move_the_distributions_and_8_bit_rows_are_offered_only_wit
     reference = stepwise_log_probs(model, examples, PROMPT)
     for label, make in rows(full_range_available=False).items():
         kl, _, agree = fidelity(reference, stepwise_log_probs(make(model), examples, PROMPT))
-        assert 0 < kl < 0.05, label  # int8 moves the distributions, a little
-        assert agree > 0.8, label
+        assert kl < 0.05 and agree > 0.8, label  # a little
+        if "bfloat16" not in label:  # (bfloat16 attention's effect on this tiny model is below 1e-6)
+            assert kl > 0, label  # int8 moves the distributions
+    assert model.config._attn_implementation == "sdpa"  # every row changed a copy, config included

@@ -11,6 +11,7 @@ from compression.evaluation.cli import find_corpus
 from compression.quantize.calibration import calibration_utterances
 from compression.quantize.methods import METHODS, quantize_variant
 from compression.quantize.smoothed_parent import SmoothingPlan
+from model_store.manifest import EncoderAttention
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
 
@@ -47,6 +48,14 @@ def quantize_command(
             "quantize activations (ptq-int8, ct2-int8...); the default id gains -sqNN.",
         ),
     ] = None,
+    encoder_attention: Annotated[
+        EncoderAttention,
+        typer.Option(
+            help="Precision of the encoder's self-attention on a CPU: bfloat16 runs it about twice as fast "
+            "where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX), a numerics change that `hush "
+            "eval` measures; transformers CPU methods (ptq-int8...); the default id gains -bf16att.",
+        ),
+    ] = "float32",
     calibration_per_language: Annotated[
         int, typer.Option(min=1, help="Train utterances per corpus language to calibrate smoothing on.")
     ] = 4,
@@ -71,6 +80,7 @@ def quantize_command(
         replace=replace,
         audio_context_seconds=audio_context,
         smoothing=smoothing,
+        encoder_attention=encoder_attention,
     )
     typer.echo(
         f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent}, {manifest.backend} "

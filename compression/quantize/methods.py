@@ -30,7 +30,7 @@ from compression.quantize.parent import Parent
 from compression.quantize.smoothed_parent import SmoothingPlan, smoothed_model
 from compression.quantize.torch_int8 import FFN_OUTPUT, many_rows_and_ffn_outputs, write_ptq_int8
 from model_store.errors import HushError
-from model_store.manifest import Backend, Device, Manifest, Recipe, size_tier_for
+from model_store.manifest import Backend, Device, EncoderAttention, Manifest, Recipe, size_tier_for
 from model_store.store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,10 @@ class AudioContextError(HushError, ValueError):
     """A trimmed audio context asked of a method whose backend cannot run it."""
 
 
+class EncoderAttentionError(HushError, ValueError):
+    """bfloat16 encoder attention asked of a method whose backend or device cannot run it."""
+
+
 class SmoothingError(HushError, ValueError):
     """Activation smoothing asked of a method that does not quantize activations."""
 
@@ -177,13 +181,15 @@ def variant_id_for(
     method: str,
     audio_context_seconds: float | None = None,
     smoothing_alpha: float | None = None,
+    encoder_attention: EncoderAttention = "float32",
 ) -> str:
     """The default id of ``parent`` quantized with ``method``: ``whisper-base-ptq-int8``,
     ``whisper-base-ct2-int8-ctx10`` with a 10 s trimmed audio context, ``whisper-base-ptq-int8-sq50``
-    smoothed with alpha 0.5."""
+    smoothed with alpha 0.5, ``whisper-base-ptq-int8-bf16att`` with bfloat16 encoder attention."""
     smoothed = "" if smoothing_alpha is None else f"-sq{round(smoothing_alpha * 100)}"
     context = "" if audio_context_seconds is None else f"-ctx{audio_context_seconds:g}"
-    return f"{parent}-{method}{smoothed}{context}"
+    attention = "-bf16att" if encoder_attention == "bfloat16" else ""
+    return f"{parent}-{method}{smoothed}{context}{attention}"
 
 
 def quantize_variant(
@@ -195,6 +201,7 @@ def quantize_variant(
     replace: bool = False,
     audio_context_seconds: float | None = None,
     smoothing: SmoothingPlan | None = None,
+    encoder_attention: EncoderAttention = "float32",
     progress: bool = True,
 ) -> Manifest:
     """Make ``method``'s variant of ``parent_id`` and publish it; returns its manifest.
@@ -202,9 +209,16 @@ def quantize_variant(
     ``audio_context_seconds`` publishes it with a trimmed audio context (see
     :func:`model_store.features.encoder_frames`); CTranslate2 methods only. ``smoothing`` folds
     SmoothQuant scales into the parent first (see :mod:`compression.quantize.smoothing`); methods
-    that quantize activations only.
+    that quantize activations only. ``encoder_attention="bfloat16"`` runs the encoder's self-attention
+    in bfloat16 on CPUs that multiply it natively (see :mod:`model_store.backends.bf16_attention`);
+    transformers CPU methods only.
     """
     spec = method_named(method)
+    if encoder_attention == "bfloat16" and (spec.backend != "transformers" or spec.device != "cpu"):
+        raise EncoderAttentionError(
+            f"bfloat16 encoder attention is hush's transformers CPU path; {method!r} runs on "
+            f"{spec.backend} ({spec.device})"
+        )
     if audio_context_seconds is not None and spec.backend != "ctranslate2":
         raise AudioContextError(
             f"a trimmed audio context needs a CTranslate2 method (ct2-...), not {method!r}: "
@@ -217,7 +231,9 @@ def quantize_variant(
         )
     parent = Parent.from_store(store, parent_id)
     alpha = None if smoothing is None else smoothing.alpha
-    target_id = variant_id or variant_id_for(parent_id, method, audio_context_seconds, alpha)
+    target_id = variant_id or variant_id_for(
+        parent_id, method, audio_context_seconds, alpha, encoder_attention
+    )
     logger.info("quantizing %s with %s into %s", parent_id, method, target_id)
     with store.publish(target_id, replace=replace) as staging:
         smoothing_record = None
@@ -238,6 +254,7 @@ def quantize_variant(
                     "parent_weights_sha256": parent.weights_digest(),
                     "audio_context_seconds": audio_context_seconds,
                     "smoothing": smoothing_record,
+                    "encoder_attention": encoder_attention,
                 },
             ),
             backend=spec.backend,
@@ -248,4 +265,5 @@ def quantize_variant(
             multilingual=parent.manifest.multilingual,
             languages=parent.manifest.languages,
             audio_context_seconds=audio_context_seconds,
+            encoder_attention=encoder_attention,
         )

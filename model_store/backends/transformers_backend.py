@@ -14,6 +14,7 @@ import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 from transformers.modeling_outputs import BaseModelOutput
 
+from model_store.backends.bf16_attention import use_bf16_encoder_attention
 from model_store.backends.cache_keyword import cache_keyword
 from model_store.backends.quantized_loading import load_model
 from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
@@ -284,6 +285,7 @@ class TransformersTranscriber(WindowTranscriber):
         model: WhisperForConditionalGeneration | None = None,
         batching: BatchingSettings | None = None,
         int8_full_range: bool = False,
+        bf16_encoder_attention: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.float16)
@@ -292,6 +294,8 @@ class TransformersTranscriber(WindowTranscriber):
             if model is not None
             else load_model(manifest, directory, self.device, self.dtype, int8_full_range=int8_full_range)
         )
+        if bf16_encoder_attention:
+            use_bf16_encoder_attention(self.model)
         tokenizer = WhisperTokenizer.from_pretrained(directory, local_files_only=True)
         generation = GenerationConfig.from_pretrained(directory, local_files_only=True)
         tokens = special_tokens(tokenizer, multilingual=manifest.multilingual)

@@ -15,6 +15,7 @@ are left out elsewhere. A fidelity probe with far less noise than decoded CER on
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,6 +24,8 @@ from transformers import WhisperForConditionalGeneration
 
 from compression.quantize.calibration import CalibrationExample
 from compression.quantize.torch_int8 import encoder_and_ffn_outputs, is_ffn_output, many_rows_and_ffn_outputs
+from model_store.backends.bf16_attention import use_bf16_encoder_attention
+from model_store.backends.cache_keyword import cache_keyword
 from model_store.backends.cpu_features import full_range_int8_is_exact
 from model_store.backends.int8_dynamic import _per_channel_int8
 from tests.bench.probe_int8_layers import Selection, add_probe_arguments, probe_inputs, quantized_copy
@@ -37,6 +40,7 @@ def stepwise_log_probs(
     """Next-token log-probabilities at the target positions, the prompt run as one block and then
     one gold token a step through the cache, as decoding runs the model."""
     result = []
+    keyword = cache_keyword(model)
     for example in examples:
         encoded = model.model.encoder(example.features).last_hidden_state
         ids = example.decoder_input_ids
@@ -46,8 +50,8 @@ def stepwise_log_probs(
             step = model(
                 encoder_outputs=(encoded,),
                 decoder_input_ids=ids[:, position : position + 1],
-                past_key_values=step.past_key_values,
                 use_cache=True,
+                **{keyword: getattr(step, keyword)},
             )
             logits.append(step.logits[0, -1])
         result.append(torch.log_softmax(torch.stack(logits), dim=-1))
@@ -72,6 +76,19 @@ def weights_only(model: WhisperForConditionalGeneration) -> WhisperForConditiona
     return rounded
 
 
+def with_bf16_encoder_attention(make: Variant) -> Variant:
+    """``make``'s model (a copy, with its own config) running the encoder's self-attention in bfloat16."""
+
+    def made(model: WhisperForConditionalGeneration) -> WhisperForConditionalGeneration:
+        changed = make(model)
+        if changed is model:
+            changed = copy.deepcopy(model)
+        use_bf16_encoder_attention(changed)
+        return changed
+
+    return made
+
+
 def rows(full_range_available: bool) -> dict[str, Variant]:
     def everything(name: str) -> bool:
         return True
@@ -87,6 +104,9 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
 
     encoder_and_fc2 = selection(encoder_and_ffn_outputs)
     with_cross = selection(many_rows_and_ffn_outputs)
+
+    def per_token_now(model: WhisperForConditionalGeneration) -> WhisperForConditionalGeneration:
+        return quantized_copy(model, everything, with_cross(model), asymmetric=is_ffn_output, full_range=True)
 
     table: dict[str, Variant] = {
         "weights int8, activations float": weights_only,
@@ -110,12 +130,12 @@ def rows(full_range_available: bool) -> dict[str, Variant]:
             "per token: encoder + fc2, fc2 rows asymmetric, 8-bit": lambda model: quantized_copy(
                 model, everything, encoder_and_fc2(model), asymmetric=is_ffn_output, full_range=True
             ),
-            "per token: + cross-attention k/v, fc2 rows asymmetric, 8-bit (now)": lambda model: (
-                quantized_copy(
-                    model, everything, with_cross(model), asymmetric=is_ffn_output, full_range=True
-                )
+            "per token: + cross-attention k/v, fc2 rows asymmetric, 8-bit (now)": per_token_now,
+            "per token now + bfloat16 encoder attention (session 14)": with_bf16_encoder_attention(
+                per_token_now
             ),
         }
+    table["float, bfloat16 encoder attention (session 14)"] = with_bf16_encoder_attention(copy.deepcopy)
     return table
 
 
@@ -124,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_probe_arguments(parser, per_language=3)
+    parser.add_argument("--only", default="", help="run only the rows whose label contains this text")
     args = parser.parse_args(argv)
     inputs = probe_inputs(args)
     model, examples, prompt_length = inputs.model, inputs.examples, inputs.prompt_length
@@ -136,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"| {'int8 scheme':70s} | {'KL mean':>8s} | {'KL median':>9s} | {'top-1 agree':>11s} |")
     print(f"|{'-' * 72}|{'-' * 10}|{'-' * 11}|{'-' * 13}|")
     for label, make in rows(vnni).items():
+        if args.only not in label:
+            continue
         kl, median, agree = fidelity(reference, stepwise_log_probs(make(model), examples, prompt_length))
         print(f"| {label:70s} | {kl:8.4f} | {median:9.5f} | {agree:11.1%} |", flush=True)
 
