@@ -172,6 +172,26 @@ def test_bootstrap_derives_a_trimmed_context_variant_once(store: ModelStore) -> 
     assert made == [f"making {PARENT}-ct2-int8-ctx4 (ct2-int8 of {PARENT})"]
 
 
+def test_bootstrap_derives_a_bf16_attention_variant_only_where_the_runtime_allows(store: ModelStore) -> None:
+    from compression.bootstrap import BootstrapPlan, DerivedVariant, bootstrap
+    from model_store.settings import HushSettings
+
+    made: list[str] = []
+    plan = BootstrapPlan(
+        teachers=(),
+        derived=(DerivedVariant(PARENT, "ptq-int8", encoder_attention="bfloat16"),),
+        evaluate=False,
+        log=made.append,
+    )
+    target = f"{PARENT}-ptq-int8-bf16att"
+    bootstrap(HushSettings(store={"root": store.root}, runtime={"bf16_attention": False}), plan)
+    assert not store.exists(target)
+    assert made == [f"not making {target}: this CPU does not multiply bfloat16 natively"]
+    bootstrap(HushSettings(store={"root": store.root}, runtime={"bf16_attention": True}), plan)
+    assert store.get(target).encoder_attention == "bfloat16"
+    store.remove(target)
+
+
 def test_a_trimmed_audio_context_needs_ctranslate2(store: ModelStore) -> None:
     with pytest.raises(AudioContextError, match="needs a CTranslate2 method"):
         quantize_variant(store, PARENT, "ptq-int8", audio_context_seconds=10.0)
