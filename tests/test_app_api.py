@@ -223,6 +223,8 @@ def test_models_listing(client: TestClient) -> None:
     assert model["id"] == "tiny-random" and model["object"] == "model" and model["owned_by"] == "hush"
     assert model["tier"] == "tiny" and model["languages"] == ["*"] and model["loaded"] is True
     assert model["bytes"] > 1_000_000 and model["recipe"] == "import"
+    assert model["audio_context_seconds"] is None and model["encoder_attention"] == "float32"
+    assert model["numerics"] == ""  # a float variant: nothing but its weights decides its transcripts
     assert client.get("/v1/models/tiny-random").json()["id"] == "tiny-random"
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from torch.nn.functional import scaled_dot_product_attention
 from transformers.modeling_outputs import BaseModelOutput
 
+from app.main import create_app
 from compression.quantize.methods import EncoderAttentionError, quantize_variant, variant_id_for
 from model_store.backends.bf16_attention import (
     IMPLEMENTATION_NAME,
@@ -23,6 +25,7 @@ from model_store.opener import numerics_label, open_variant, uses_bf16_attention
 from model_store.settings import HushSettings, RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions
+from tests.app_support import server_settings
 from tests.conftest import sine
 from tests.factories import publish_tiny_variant, tiny_random_whisper
 
@@ -101,6 +104,23 @@ def test_a_variant_published_with_bf16_attention_runs_it_where_the_runtime_allow
     assert numerics_label(manifest, BF16_OFF.model_copy(update={"int8_full_range": True})) == "a8-att32"
     assert numerics_label(manifest, BF16_ON.model_copy(update={"int8_full_range": False})) == ""
     assert numerics_label(store.get(PARENT), BF16_OFF) == ""  # a float32-attention variant: nothing to say
+
+
+def test_the_model_card_says_what_this_server_computes(store: ModelStore) -> None:
+    variant_id = variant_id_for(PARENT, "ptq-int8", encoder_attention="bfloat16")
+    if not store.exists(variant_id):
+        quantize_variant(store, PARENT, "ptq-int8", encoder_attention="bfloat16", progress=False)
+    for bf16, numerics in ((True, ""), (False, "att32")):
+        settings = server_settings(store.root).model_copy(
+            update={
+                "runtime": RuntimeSettings(
+                    device="cpu", threads=1, bf16_attention=bf16, int8_full_range=False
+                )
+            }
+        )
+        with TestClient(create_app(settings, store)) as client:
+            card = client.get(f"/v1/models/{variant_id}").json()
+        assert card["encoder_attention"] == "bfloat16" and card["numerics"] == numerics
 
 
 @pytest.mark.parametrize("method", ["ct2-int8", "fp16"])

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from app.deps import LatencyDep, PoolDep
 from app.pool import VariantPool
 from app.security import require_api_key
-from model_store.manifest import Manifest, SizeTier
-from model_store.opener import runnable_here
+from model_store.manifest import EncoderAttention, Manifest, SizeTier
+from model_store.opener import numerics_label, runnable_here
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -33,6 +33,12 @@ class ModelPublic(BaseModel):
     tier: SizeTier
     multilingual: bool
     languages: list[str] = Field(description="Languages it is meant for; ['*'] for all it knows.")
+    audio_context_seconds: float | None = Field(description="Trimmed audio context; null: Whisper's 30 s.")
+    encoder_attention: EncoderAttention = Field(description="Precision of the encoder's self-attention.")
+    numerics: str = Field(
+        description="What beside the weights decides its transcripts on this server, as hush eval labels "
+        "it: 'a8' (8-bit int8 activations), 'att32' (bfloat16 attention run in float32), '' (nothing)."
+    )
     cer: dict[str, float] = Field(description="Evaluated character error rate per language.")
     ms_per_audio_second: float | None = Field(description="Measured compute per audio second (manifest).")
     observed_ms_per_audio_second: float | None = Field(
@@ -62,6 +68,9 @@ def model_public(manifest: Manifest, pool: VariantPool, observed: dict[str, floa
         tier=manifest.size_tier,
         multilingual=manifest.multilingual,
         languages=list(manifest.languages),
+        audio_context_seconds=manifest.audio_context_seconds,
+        encoder_attention=manifest.encoder_attention,
+        numerics=numerics_label(manifest, pool.runtime),
         cer={language: score.cer for language, score in scores.items()},
         ms_per_audio_second=manifest.latency.ms_per_audio_second if manifest.latency else None,
         observed_ms_per_audio_second=observed.get(manifest.id),
