@@ -99,13 +99,15 @@ def numerics_label(manifest: Manifest, runtime: RuntimeSettings) -> str:
 
 
 def uses_bf16_attention(manifest: Manifest, runtime: RuntimeSettings) -> bool:
-    """Whether the variant runs its encoder's self-attention in bfloat16 here: published so, on a CPU,
-    and ``runtime.bf16_attention`` (unset: where the CPU multiplies bfloat16 natively)."""
-    return (
-        manifest.encoder_attention == "bfloat16"
-        and runtime.resolved_device() == "cpu"
-        and runtime.resolved_bf16_attention()
-    )
+    """Whether the variant runs its encoder's self-attention in bfloat16 here: published so, run on a
+    CPU (dynamic int8 variants are, even where a GPU is present), and ``runtime.bf16_attention``
+    (unset: where the CPU multiplies bfloat16 natively)."""
+    if manifest.encoder_attention != "bfloat16":
+        return False
+    from model_store.backends.quantized_loading import load_device
+
+    runs_on = load_device(manifest, device_for(manifest, runtime))
+    return runs_on == "cpu" and runtime.resolved_bf16_attention()
 
 
 def runnable_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:
