@@ -72,6 +72,15 @@ class Staging:
         self.manifest = manifest
         return manifest
 
+    @contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A directory for intermediate files (say, a smoothed parent checkpoint), removed on exit.
+        It sits beside the staging directory under a staging name, so one left by a killed run is
+        swept like an abandoned staging directory."""
+        prefix = f"{_STAGING_PREFIX}{self.variant_id}-scratch-"
+        with tempfile.TemporaryDirectory(dir=self.directory.parent, prefix=prefix) as path:
+            yield Path(path)
+
 
 class ModelStore:
     """The variants under one root directory."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,33 @@ def test_killed_publish_is_invisible(tmp_path: Path) -> None:
     (leftover / "manifest.json").write_text("{}")
     assert store.ids() == []
     assert not store.exists("gamma")
+
+
+def test_scratch_is_removed_on_exit_and_swept_when_a_killed_run_left_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    with store.publish("delta") as staging:
+        with staging.scratch() as scratch:
+            (scratch / "parent.bin").write_bytes(b"intermediate")
+            assert scratch.parent == tmp_path and scratch.name.startswith(".staging-delta-scratch-")
+        assert not scratch.exists()
+        (staging.directory / "weights.bin").write_bytes(b"weights")
+        staging.commit(**FIELDS)
+    assert {path.name for path in tmp_path.iterdir()} == {"delta"}
+
+    # kill -9 inside the block: the scratch stays until a later publish finds it stale
+    with store.publish("epsilon") as staging:
+        with staging.scratch() as scratch:
+            kept = scratch.with_name(scratch.name + "-killed")
+            scratch.rename(kept)
+            scratch.mkdir()  # so the context's own cleanup finds its directory
+        (staging.directory / "weights.bin").write_bytes(b"weights")
+        staging.commit(**FIELDS)
+    assert kept.is_dir()
+    day_old = time.time() - 25 * 3600
+    os.utime(kept, (day_old, day_old))
+    _publish_dummy(store, "zeta")
+    assert not kept.exists()
+    assert {path.name for path in tmp_path.iterdir()} == {"delta", "epsilon", "zeta"}
 
 
 def test_publish_without_commit_is_refused(tmp_path: Path) -> None:

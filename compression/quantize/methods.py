@@ -241,7 +241,8 @@ def quantize_variant(
             args = spec.write(parent, staging.directory)
         else:
             model, smoothing_record = smoothed_model(parent, smoothing, progress=progress)
-            with parent.with_weights(model, staging.directory.parent) as smoothed:
+            with staging.scratch() as scratch:
+                smoothed = parent.with_weights(model, scratch)
                 del model
                 args = spec.write(smoothed, staging.directory)
         parameters = parent.manifest.parameters

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +66,10 @@ class Parent:
                 continue
             shutil.copy2(path, target / path.name)
 
-    @contextmanager
-    def with_weights(self, model: WhisperForConditionalGeneration, scratch_root: Path) -> Iterator[Parent]:
+    def with_weights(self, model: WhisperForConditionalGeneration, directory: Path) -> Parent:
         """This parent with ``model``'s weights (say, smoothed) in place of its own: a checkpoint saved
-        (in ``model``'s precision) in a scratch directory under ``scratch_root``, removed on exit, with this parent's
-        manifest (so lineage names the stored parent) and its tokenizer and processor files."""
-        with tempfile.TemporaryDirectory(dir=scratch_root, prefix=".parent-") as scratch:
-            directory = Path(scratch)
-            model.save_pretrained(directory)
-            self.copy_assets(directory)  # keeps the config and generation config just saved
-            yield Parent(self.manifest, directory)
+        (in ``model``'s precision) into ``directory`` (a scratch directory the caller removes), with this
+        parent's manifest (so lineage names the stored parent) and its tokenizer and processor files."""
+        model.save_pretrained(directory)
+        self.copy_assets(directory)  # keeps the config and generation config just saved
+        return Parent(self.manifest, directory)
