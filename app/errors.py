@@ -7,6 +7,7 @@ The rest of hush raises plain exceptions; this module alone decides their status
 | unknown model | 404 | model_not_found |
 | unknown language | 400 | unsupported_language |
 | empty audio | 400 | empty_audio |
+| NaN or infinite samples | 400 | invalid_audio |
 | audio longer than ``max_audio_seconds`` | 400 | audio_too_long |
 | body larger than ``max_upload_bytes`` | 413 | file_too_large |
 | undecodable input | 415 | unsupported_audio_format |
@@ -45,6 +46,7 @@ from model_store.errors import (
     CorruptVariantError,
     EmptyAudioError,
     HushError,
+    InvalidSamplesError,
     InvalidVariantIdError,
     UnsupportedLanguageError,
     VariantNotFoundError,
@@ -53,7 +55,13 @@ from model_store.errors import (
 logger = logging.getLogger(__name__)
 
 _TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
+_HTTP_CODES = {
+    400: "invalid_request_body",  # the multipart parser's refusals (no boundary, a part over its size...)
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "file_too_large",
+}
+_HTTP_PARAMS = {413: "file"}  # the upload limit counting a chunked body
 
 
 class ApiError(Exception):
@@ -111,6 +119,8 @@ def domain_error(error: Exception) -> ApiError:
         return ApiError(400, str(error), code="audio_too_long", param="file")
     if isinstance(error, EmptyAudioError):
         return ApiError(400, str(error), code="empty_audio", param="file")
+    if isinstance(error, InvalidSamplesError):
+        return ApiError(400, str(error), code="invalid_audio", param="file")
     if isinstance(error, AudioDecodeError):
         return ApiError(415, str(error), code="unsupported_audio_format", param="file")
     if isinstance(error, BackendUnavailableError):
@@ -120,7 +130,7 @@ def domain_error(error: Exception) -> ApiError:
     if isinstance(error, NoVariantsError):
         return ApiError(503, str(error), code="no_variants")
     if isinstance(error, NoRouteError):
-        return ApiError(400, str(error), code="no_variant_available")
+        return ApiError(400, str(error), code="no_variant_available", param=error.param)
     if isinstance(error, QueueFullError):
         return ApiError(
             429, str(error), code="queue_full", headers={"Retry-After": str(error.retry_after_seconds)}
@@ -155,10 +165,17 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     return await _api_error(request, domain_error(error))
 
 
+def _problem_message(problem: Mapping[str, Any]) -> str:
+    """pydantic's words for one problem, except where they would name a Python class to the client."""
+    if "Expected UploadFile" in str(problem.get("msg", "")):
+        return "expected an uploaded file (a multipart part with a filename), got a plain form field"
+    return str(problem.get("msg", "invalid"))
+
+
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
-    message = "; ".join(f"{_param_of(tuple(p['loc'])) or 'request'}: {p['msg']}" for p in problems)
+    message = "; ".join(f"{_param_of(tuple(p['loc'])) or 'request'}: {_problem_message(p)}" for p in problems)
     param = _param_of(tuple(problems[0]["loc"])) if problems else None
     return error_response(422, message or "invalid request", code="invalid_parameter", param=param)
 
@@ -169,6 +186,7 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
         error.status_code,
         str(error.detail),
         code=_HTTP_CODES.get(error.status_code),
+        param=_HTTP_PARAMS.get(error.status_code),
         headers=error.headers,
     )
 

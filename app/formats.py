@@ -72,10 +72,11 @@ def to_verbose_json(
     """OpenAI's verbose_json: segments unless only words were asked for, words when asked for.
 
     Words come back only from variants whose transcriber times them; otherwise ``words`` is empty.
+    ``language`` is the output's: the spoken language's name, or ``english`` for a translation.
     """
     body: dict[str, Any] = {
         "task": task,
-        "language": language_name(transcription.language),
+        "language": "english" if task == "translate" else language_name(transcription.language),
         "duration": transcription.duration,
         "text": transcription.text,
     }

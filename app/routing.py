@@ -139,10 +139,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Exclusion:
-    """A variant left out, and why."""
+    """A variant left out, why, and the request field that left it out (``None``: the quality floor)."""
 
     variant_id: str
     why: str
+    param: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,12 +162,18 @@ class RouteDecision:
 
 
 class NoRouteError(Exception):
-    """No variant can serve the request; the message says why each was left out."""
+    """No variant can serve the request; the message says why each was left out, ``param`` names the
+    request field to change: a pinned model's own exclusion, else ``tier`` where the tier left some
+    variant out, else ``language`` where the language did (``None``: only the quality floor did)."""
 
-    def __init__(self, message: str, excluded: Sequence[Exclusion] = ()) -> None:
+    def __init__(
+        self, message: str, excluded: Sequence[Exclusion] = (), *, pinned: str | None = None
+    ) -> None:
         details = "; ".join(f"{item.variant_id}: {item.why}" for item in excluded)
         super().__init__(f"{message} ({details})" if details else message)
         self.excluded = tuple(excluded)
+        causes = {item.param for item in excluded if pinned is None or item.variant_id == pinned}
+        self.param = next((name for name in ("tier", "language", "model") if name in causes), None)
 
 
 class NoVariantsError(NoRouteError):
@@ -205,7 +212,7 @@ class RoutingPolicy:
         if not runnable:
             raise NoVariantsError(
                 f"no variant in the store runs on this {self.device} machine",
-                [Exclusion(manifest.id, "needs a CUDA GPU") for manifest in manifests],
+                [Exclusion(manifest.id, "needs a CUDA GPU", "model") for manifest in manifests],
             )
         priors = LatencyPriors.from_catalog(manifests)
         excluded: list[Exclusion] = []
@@ -214,9 +221,9 @@ class RoutingPolicy:
         for manifest in manifests:
             if request.pinned is not None and manifest.id != request.pinned:
                 continue
-            why = self._exclusion(manifest, request, runtime)
-            if why is not None:
-                excluded.append(Exclusion(manifest.id, why))
+            exclusion = self._exclusion(manifest, request, runtime)
+            if exclusion is not None:
+                excluded.append(exclusion)
                 continue
             candidate = self._candidate(manifest, request, slowdowns, priors)
             if candidate.cer is None:
@@ -240,7 +247,7 @@ class RoutingPolicy:
             ranked = sorted(unevaluated, key=lambda c: (c.expected_ms, c.variant_id))
             reason = RouteReason.UNEVALUATED_FASTEST if len(unevaluated) > 1 else RouteReason.ONLY_CANDIDATE
         else:
-            raise NoRouteError(self._no_route_message(request), excluded)
+            raise NoRouteError(self._no_route_message(request), excluded, pinned=request.pinned)
         if request.pinned is not None:
             reason = RouteReason.PINNED
         return RouteDecision(
@@ -252,15 +259,15 @@ class RoutingPolicy:
         )
 
     @staticmethod
-    def _exclusion(manifest: Manifest, request: RouteRequest, runtime: RuntimeSettings) -> str | None:
+    def _exclusion(manifest: Manifest, request: RouteRequest, runtime: RuntimeSettings) -> Exclusion | None:
         if not runnable_here(manifest, runtime):
-            return "needs a CUDA GPU"
+            return Exclusion(manifest.id, "needs a CUDA GPU", "model")
         if not manifest.covers(request.language):
-            return f"does not cover language {request.language!r}"
+            return Exclusion(manifest.id, f"does not cover language {request.language!r}", "language")
         if request.task == "translate" and not manifest.multilingual:
-            return "English-only: cannot translate"
+            return Exclusion(manifest.id, "English-only: cannot translate", "model")
         if request.tier is not None and manifest.size_tier != request.tier:
-            return f"tier {manifest.size_tier}, not {request.tier}"
+            return Exclusion(manifest.id, f"tier {manifest.size_tier}, not {request.tier}", "tier")
         return None
 
     @staticmethod

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from model_store.errors import AudioDecodeError, AudioTooLongError, EmptyAudioError
+from model_store.errors import AudioDecodeError, AudioTooLongError, EmptyAudioError, InvalidSamplesError
 from model_store.transcription import SAMPLE_RATE, Audio
 
 logger = logging.getLogger(__name__)
@@ -167,6 +167,13 @@ def _decode(container: av.container.InputContainer, max_seconds: float) -> Audio
         SAMPLE_RATE,
     )
     audio = np.concatenate(chunks)
+    # one float64 sum cannot overflow on finite float32 samples (at most 3.4e38 each, 1e8 of them)
+    if not math.isfinite(float(audio.sum(dtype=np.float64))):
+        bad = int(np.count_nonzero(~np.isfinite(audio)))
+        raise InvalidSamplesError(
+            f"the audio holds {bad} samples that are NaN or infinite (of {audio.size}); "
+            "a float recording must hold finite numbers"
+        )
     # Float sources, and the resampler's ripple on full-scale input, can pass 1: Whisper's loaders
     # (16-bit PCM) never do, and neither does hush.
     return np.clip(audio, -1.0, 1.0, out=audio)

@@ -43,11 +43,19 @@ class EmptyAudioError(AudioDecodeError):
     """Decodable input with no audio samples in it."""
 
 
+class InvalidSamplesError(AudioDecodeError):
+    """Decoded audio with samples that are not numbers (NaN) or infinite: a broken float recording."""
+
+
+ECHO_LIMIT = 40  # characters of a client's value quoted back in an error message
+
+
 class UnsupportedLanguageError(HushError, ValueError):
     """A language code the model does not know."""
 
     def __init__(self, language: str, supported: list[str]) -> None:
-        super().__init__(f"unsupported language {language!r}; supported: {', '.join(sorted(supported))}")
+        quoted = language if len(language) <= ECHO_LIMIT else language[:ECHO_LIMIT] + "..."
+        super().__init__(f"unsupported language {quoted!r}; supported: {', '.join(sorted(supported))}")
         self.language = language
         self.supported = supported
 

@@ -254,6 +254,7 @@ def transcribe_mel(
     history = decoder.text_tokens(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     prompt_reset_since = 0
     segments: list[Segment] = []
+    audio_end = content_frames / FRAMES_PER_SECOND
     seek = 0
     while seek < content_frames:
         window_frames = min(CHUNK_FRAMES, content_frames - seek)
@@ -286,6 +287,8 @@ def transcribe_mel(
             text = decoder.text(piece)
             if start == end or not text.strip():
                 continue
+            # a timestamp token can name a time past the audio's end (the window is padded to 30 s)
+            start, end = min(start, audio_end), min(end, audio_end)
             segments.append(
                 Segment(
                     id=len(segments),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
 import time
 import wave
@@ -57,6 +58,28 @@ def wav_bytes(seconds: float = 1.0, frequency: float = 440.0) -> bytes:
         output.setframerate(SAMPLE_RATE)
         output.writeframes(samples.tobytes())
     return buffer.getvalue()
+
+
+def float_wav(samples: list[float]) -> bytes:
+    """A 32-bit IEEE float mono WAV at 16 kHz holding exactly ``samples`` (NaN and infinities too)."""
+    data = np.asarray(samples, dtype="<f4").tobytes()
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(data),
+        b"WAVE",
+        b"fmt ",
+        16,
+        3,
+        1,
+        SAMPLE_RATE,
+        SAMPLE_RATE * 4,
+        4,
+        32,
+        b"data",
+        len(data),
+    )
+    return header + data
 
 
 def score(cer: float) -> LanguageScore:

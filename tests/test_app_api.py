@@ -126,6 +126,7 @@ def test_translation(stub_client: TestClient) -> None:
     )
     assert response.status_code == 200
     assert response.json()["task"] == "translate"
+    assert response.json()["language"] == "english"  # OpenAI: the output's language, not the speech's
 
 
 # ---- timestamp granularities (words come from transcribers that time them: the stub does) -------------

@@ -14,7 +14,14 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from model_store.store import ModelStore
-from tests.app_support import StubOpener, publish_fake_variant, server_settings, wait_until, wav_bytes
+from tests.app_support import (
+    StubOpener,
+    float_wav,
+    publish_fake_variant,
+    server_settings,
+    wait_until,
+    wav_bytes,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,7 +95,56 @@ def test_413_chunked_upload(client: TestClient) -> None:
         content=chunks(),
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
-    assert_error(response, 413, "file_too_large")
+    assert_error(response, 413, "file_too_large", "file")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "words"),
+    [
+        (b"anything", "multipart/form-data", "boundary"),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n'
+            + b"a" * (1024 * 1024 + 1)
+            + b"\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+            "maximum size",
+        ),
+    ],
+    ids=["no-boundary", "field-over-1MiB"],
+)
+def test_400_malformed_multipart(
+    store: ModelStore, opener: StubOpener, body: bytes, content_type: str, words: str
+) -> None:
+    with make_client(store, opener) as client:  # the default upload limit, 25 MiB
+        response = client.post(
+            "/v1/audio/transcriptions", content=body, headers={"Content-Type": content_type}
+        )
+    assert words in assert_error(response, 400, "invalid_request_body")
+
+
+def test_400_no_variant_names_the_field_to_change(tmp_path: Path, opener: StubOpener) -> None:
+    store = ModelStore(tmp_path / "store")
+    publish_fake_variant(store, "stub-en", cer={"en": 0.1}, languages=("en",), multilingual=False)
+    with make_client(store, opener) as client:
+        for data, param in [
+            ({"model": "stub-en", "language": "fr"}, "language"),
+            ({"language": "fr"}, "language"),
+            ({"language": "en", "tier": "base"}, "tier"),
+        ]:
+            response = client.post("/v1/audio/transcriptions", files=upload(), data=data)
+            assert_error(response, 400, "no_variant_available", param)
+        response = client.post("/v1/audio/translations", files=upload(), data={"model": "stub-en"})
+        assert "cannot translate" in assert_error(response, 400, "no_variant_available", "model")
+
+
+def test_400_audio_with_nan_samples(client: TestClient) -> None:
+    message = assert_error(
+        client.post("/v1/audio/transcriptions", files=upload(float_wav([0.1, float("nan")] * 8000))),
+        400,
+        "invalid_audio",
+        "file",
+    )
+    assert "NaN or infinite" in message
 
 
 def test_415_not_audio(client: TestClient) -> None:
@@ -125,6 +181,13 @@ def test_400_unknown_language_and_bad_combinations(client: TestClient) -> None:
         "unsupported_language",
         "language",
     )
+    message = assert_error(
+        client.post("/v1/audio/transcriptions", files=upload(), data={"language": "x" * 5000}),
+        400,
+        "unsupported_language",
+        "language",
+    )
+    assert "x" * 40 + "..." in message and "x" * 41 not in message  # not the client's 5,000 characters
     assert_error(
         client.post(
             "/v1/audio/transcriptions", files=upload(), data={"timestamp_granularities[]": "word"}
@@ -137,6 +200,7 @@ def test_400_unknown_language_and_bad_combinations(client: TestClient) -> None:
         client.post("/v1/audio/transcriptions", files=upload(), data={"tier": "large", "language": "en"}),
         400,
         "no_variant_available",
+        "tier",
     )
     assert "tier 'large'" in message and "stub-a" in message
     english = client.post("/v1/audio/transcriptions", files=upload(), data={"language": "English"})
@@ -161,6 +225,7 @@ def test_404_unknown_model(client: TestClient) -> None:
         ({"response_format": "xml"}, "response_format"),
         ({"temperature": "1.5"}, "temperature"),
         ({"temperature": "warm"}, "temperature"),
+        ({"temperature": "nan"}, "temperature"),
         (
             {"timestamp_granularities[]": "sentence", "response_format": "verbose_json"},
             "timestamp_granularities[]",
@@ -178,6 +243,10 @@ def test_422_missing_file(client: TestClient) -> None:
     assert_error(
         client.post("/v1/audio/transcriptions", data={"model": "auto"}), 422, "invalid_parameter", "file"
     )
+    message = assert_error(
+        client.post("/v1/audio/transcriptions", data={"file": "not a file"}), 422, "invalid_parameter", "file"
+    )
+    assert "uploaded file" in message and "class" not in message
 
 
 def test_401_api_keys(store: ModelStore, opener: StubOpener) -> None:

@@ -13,8 +13,9 @@ import numpy.typing as npt
 import pytest
 
 from model_store.audio import decode_audio
-from model_store.errors import AudioDecodeError, AudioTooLongError, EmptyAudioError
+from model_store.errors import AudioDecodeError, AudioTooLongError, EmptyAudioError, InvalidSamplesError
 from model_store.transcription import SAMPLE_RATE, Audio
+from tests.app_support import float_wav
 
 # Every input must end in samples or a typed error: a hang fails the test instead of the suite.
 pytestmark = pytest.mark.timeout(10)
@@ -183,6 +184,19 @@ def test_empty_file_is_empty_audio(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(EmptyAudioError):
         decode_audio(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_float_wav_with_non_finite_samples_is_refused(bad: float) -> None:
+    samples = [0.25, -0.25] * 4000 + [bad]
+    with pytest.raises(InvalidSamplesError, match="1 samples that are NaN or infinite"):
+        decode_audio(float_wav(samples))
+
+
+def test_float_wav_beyond_full_scale_is_clipped() -> None:
+    audio = decode_audio(float_wav([3.0, -1e30, 0.5] * 4000))
+    assert audio.dtype == np.float32 and audio.size == 12000
+    assert audio.max() == 1.0 and audio.min() == -1.0 and np.isfinite(audio).all()
 
 
 def test_zero_sample_wav_is_empty_audio() -> None:

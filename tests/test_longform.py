@@ -120,6 +120,14 @@ def test_driver_keeps_timestamps_right_across_windows() -> None:
     assert second_prompt[-3:] == [TOKENS.sot, TOKENS.languages["en"], TOKENS.transcribe]
 
 
+def test_segments_end_where_the_audio_does() -> None:
+    audio_frames = 50  # 0.5 s; the model closes its segment at 2 s, inside the window's padding
+    mel = torch.zeros(80, audio_frames + CHUNK_FRAMES)
+    decoder = ScriptedDecoder([[([ts(0.0), 11, ts(2.0)], -0.5)]])
+    segments = transcribe_mel(decoder, mel, audio_frames, TOKENS.languages["en"], TranscribeOptions())
+    assert [(s.start, s.end, s.text) for s in segments] == [(0.0, 0.5, " w11")]
+
+
 def test_fallback_retries_hotter_and_resets_prompt() -> None:
     repetitive = [ts(0.0), *([5] * 120), ts(20.0)]
     decoder = ScriptedDecoder([[(repetitive, -0.2), ([ts(0.0), 6, ts(20.0)], -0.2)]])

@@ -46,7 +46,12 @@ async def audio_form(
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[
         float,
-        Form(ge=0, le=1, description="0: Whisper's fallback schedule; above 0: the schedule from there."),
+        Form(
+            ge=0,
+            le=1,
+            allow_inf_nan=False,
+            description="0: Whisper's fallback schedule; above 0: the schedule from there.",
+        ),
     ] = 0.0,
     granularities_listed: Annotated[
         list[Granularity] | None,
