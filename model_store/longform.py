@@ -246,9 +246,8 @@ def transcribe_mel(
     special = decoder.tokens
     task_token = special.translate if options.task == "translate" else special.transcribe
     # English-only models take no language or task token (OpenAI Whisper's sot sequence is just <|sot|>).
-    task_prompt = [special.sot, language_token, task_token] if language_token is not None else [special.sot]
-    if options.without_timestamps:
-        task_prompt.append(special.no_timestamps)
+    sot_sequence = [special.sot, language_token, task_token] if language_token is not None else [special.sot]
+    task_prompt = [*sot_sequence, special.no_timestamps] if options.without_timestamps else sot_sequence
     max_new_tokens = min(options.max_new_tokens or SAMPLE_LENGTH, SAMPLE_LENGTH)
 
     history = decoder.text_tokens(" " + options.initial_prompt.strip()) if options.initial_prompt else []
@@ -279,8 +278,9 @@ def transcribe_mel(
 
         pieces, advance = _segments_of_window(output, special, time_offset, window_frames)
         piece_words = (
-            _words_per_piece(decoder, encoded, task_prompt, pieces, language, time_offset, window_frames)
-            if options.word_timestamps and not options.without_timestamps
+            # aligned from cross-attention on the text alone: text-only decoding gets words too
+            _words_per_piece(decoder, encoded, sot_sequence, pieces, language, time_offset, window_frames)
+            if options.word_timestamps
             else [None] * len(pieces)
         )
         for (start, end, piece), words in zip(pieces, piece_words, strict=True):

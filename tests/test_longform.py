@@ -201,3 +201,11 @@ def test_a_variant_trained_on_text_only_is_decoded_without_timestamps(tiny_store
     assert forced.segments == asked.segments
     assert len(forced.segments) == 1  # one segment per window
     assert all(token < TOKENS.timestamp_begin for token in forced.segments[0].tokens)
+    # words come from the cross-attention on the text, so a text-only variant times them too
+    worded = text_only.transcribe(
+        audio, TranscribeOptions(language="en", temperatures=(0.0,), word_timestamps=True)
+    )
+    assert [segment.text for segment in worded.segments] == [segment.text for segment in forced.segments]
+    words = worded.segments[0].words
+    assert words and "".join(word.word for word in words) == worded.segments[0].text
+    assert all(0.0 <= word.start <= word.end <= worded.duration for word in words)
