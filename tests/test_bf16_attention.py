@@ -26,6 +26,7 @@ from model_store.settings import HushSettings, RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import TranscribeOptions
 from tests.app_support import server_settings
+from tests.bench.noise_floor import publish_rounded_twin
 from tests.conftest import sine
 from tests.factories import publish_tiny_variant, tiny_random_whisper
 
@@ -148,3 +149,17 @@ def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert HushSettings().runtime.resolved_bf16_attention() is True
     monkeypatch.delenv("HUSH_RUNTIME__BF16_ATTENTION")
     assert HushSettings().runtime.resolved_bf16_attention() is native_bf16()
+
+
+def test_the_noise_floor_twin_shares_its_parents_weights_and_rounds_its_attention(store: ModelStore) -> None:
+    twin_id = publish_rounded_twin(store, PARENT)
+    twin, parent = store.get(twin_id), store.get(PARENT)
+    assert twin_id == PARENT + "-floatbf16att" and twin.parent == PARENT
+    assert twin.encoder_attention == "bfloat16" and twin.weights_sha256() == parent.weights_sha256()
+    assert twin.eval is None and twin.latency is None  # measured afresh by hush eval
+    weights = store.path(twin_id) / "model.safetensors"
+    assert weights.stat().st_ino == (store.path(PARENT) / "model.safetensors").stat().st_ino  # no copy
+    transcriber = open_variant(store, twin_id, BF16_ON)
+    assert isinstance(transcriber, TransformersTranscriber)
+    assert transcriber.model.config._attn_implementation == IMPLEMENTATION_NAME
+    transcriber.close()
