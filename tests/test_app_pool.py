@@ -65,8 +65,10 @@ def test_ready_only_once_the_default_variant_is_loaded(tmp_path: Path) -> None:
         assert loading.json()["status"] == "loading"
         assert loading.json()["default_variants"] == ["fast"]  # what auto picks for English
         assert client.get("/healthz").status_code == 200  # alive all along
+        assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 503
         opener.load_gate.set()  # type: ignore[union-attr]
         wait_until(lambda: client.get("/readyz").status_code == 200, what="readiness")
+        assert client.head("/readyz").status_code == 200  # load balancers' probes send HEAD
         assert client.get("/readyz").json() == {
             "status": "ready",
             "default_variants": ["fast"],

@@ -1,4 +1,5 @@
-"""``GET /healthz`` (the process answers) and ``GET /readyz`` (the default variants are loaded)."""
+"""``GET /healthz`` (the process answers) and ``GET /readyz`` (the default variants are loaded); both
+answer ``HEAD`` too, as load balancers' probes send it."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from app.state import ReadinessStatus
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: 503 until the default variants are loaded")
+@router.api_route(
+    "/readyz", methods=["GET", "HEAD"], summary="Readiness: 503 until the default variants are loaded"
+)
 def readyz(readiness: ReadinessDep, pool: PoolDep) -> JSONResponse:
     body: dict[str, Any] = {
         "status": readiness.status.value,
