@@ -6,6 +6,7 @@ import logging
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,14 @@ def serve(
 
     settings = ServerSettings()
     overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
-    settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    try:  # validated like the environment's values, before anything starts
+        server = type(settings.server).model_validate({**settings.server.model_dump(), **overrides})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"--{'.'.join(map(str, p['loc']))} {p['input']!r}: {p['msg']}" for p in error.errors()
+        )
+        raise typer.BadParameter(problems) from None
+    settings = settings.model_copy(update={"server": server})
     if settings.server.host not in _LOOPBACK and not settings.server.api_keys:
         logger.warning(
             "listening on %s without API keys: anyone who can reach it can use it", settings.server.host

@@ -21,7 +21,9 @@ AUTO_MODEL = "auto"  # the model name that asks the router to choose
 class ServerOptions(BaseModel):
     """How the HTTP server listens, what it accepts, and how it schedules inference."""
 
-    host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 listens on every one.")
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Interface to listen on; 0.0.0.0 listens on every one."
+    )
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
     api_keys: list[SecretStr] = Field(
         default_factory=list,

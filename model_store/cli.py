@@ -8,15 +8,16 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 
 from model_store import __version__
 from model_store.audio import decode_audio
 from model_store.errors import HushError
 from model_store.opener import open_variant
-from model_store.settings import HushSettings
+from model_store.settings import HushSettings, describe_invalid_settings
 from model_store.store import ModelStore
 from model_store.transcription import DEFAULT_TEMPERATURES, TranscribeOptions
 
@@ -115,9 +116,18 @@ def store_verify(variant_id: str) -> None:
 
 @cli.command("transcribe")
 def transcribe(
-    file: Annotated[Path, typer.Argument(help="Audio file (wav, flac, mp3, ogg, m4a, webm, ...).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Audio file (wav, flac, mp3, ogg, m4a, webm, ...).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Variant id; default: the first.")
+        str | None,
+        typer.Option("--model", "-m", help="Variant id; default: whisper-base if stored, else the first id."),
     ] = None,
     language: Annotated[
         str | None, typer.Option("--language", "-l", help="ISO code; default: detect.")
@@ -130,15 +140,19 @@ def transcribe(
     ] = None,
 ) -> None:
     """Transcribe FILE: the transcript goes to stdout, everything else to stderr."""
+    if task not in ("transcribe", "translate"):
+        raise typer.BadParameter("task must be 'transcribe' or 'translate'", param_hint="--task")
+    if temperature is not None and not 0.0 <= temperature <= 1.0:  # NaN fails too
+        raise typer.BadParameter(f"{temperature} is not between 0 and 1", param_hint="--temperature")
     hush_settings = settings()
     store = ModelStore(hush_settings.store.root)
-    variant_id = model or _default_variant(store)
+    variant_id = _default_variant(store) if model is None else model
+    if task == "translate" and not store.get(variant_id).multilingual:
+        raise HushError(f"{variant_id} is English-only: it cannot translate; pick a multilingual variant")
     audio = decode_audio(file)
     transcriber = open_variant(
         store, variant_id, hush_settings.runtime, verify=hush_settings.store.verify_on_open
     )
-    if task not in ("transcribe", "translate"):
-        raise typer.BadParameter("task must be 'transcribe' or 'translate'")
     temperatures = DEFAULT_TEMPERATURES if temperature is None else (temperature,)
     options = TranscribeOptions(language=language, task=task, temperatures=temperatures)  # type: ignore[arg-type]
     result = transcriber.transcribe(audio, options)
@@ -187,12 +201,25 @@ def load_plugins(root: typer.Typer) -> None:
 
 
 def main() -> None:
+    """The ``hush`` command. A user's mistake (a bad setting, option, path or id) ends in one line
+    ``error: ...`` and exit status 2, never a traceback; ``--verbose`` logs the traceback too."""
     load_plugins(cli)
     try:
         cli()
-    except HushError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise SystemExit(2) from error
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except ValidationError as error:  # settings read from HUSH_* variables (or .env)
+        settings_error = error.title.endswith("Settings")
+        _fail(describe_invalid_settings(error) if settings_error else str(error).replace("\n", "; "), error)
+    except (HushError, ValueError, OSError) as error:  # ValueError: a bad value; OSError: a bad path
+        _fail(str(error), error)
+
+
+def _fail(message: str, error: BaseException) -> NoReturn:
+    logger.debug("traceback of the error below", exc_info=error)
+    typer.echo(f"error: {message}", err=True)
+    raise SystemExit(2) from error
 
 
 if __name__ == "__main__":

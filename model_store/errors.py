@@ -19,6 +19,10 @@ class VariantExistsError(HushError):
     """Publishing under an id the store already holds."""
 
 
+class StoreRootError(HushError):
+    """The store's root exists but is not a directory."""
+
+
 class CorruptVariantError(HushError):
     """A variant directory that is not a valid variant: missing manifest, bad schema, wrong hashes."""
 

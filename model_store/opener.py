@@ -27,8 +27,14 @@ def _open_transformers(
     from model_store.backends.transformers_backend import TransformersTranscriber
 
     cuda_dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if load_device(manifest, device) == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"variant {manifest.id!r} was asked to run on cuda (HUSH_RUNTIME__DEVICE), but torch sees no "
+            "CUDA GPU here; use HUSH_RUNTIME__DEVICE=auto or cpu"
+        )
 
     device = load_device(manifest, device)  # dynamic int8 runs on the CPU even where a GPU is present
+    logger.info("loading %s (transformers) on %s", manifest.id, device)
     if device == "cpu":
         dtype = torch.float32
     elif manifest.device == "cuda" and manifest.dtype in cuda_dtypes:
@@ -57,6 +63,7 @@ def _open_ctranslate2(
     from model_store.backends.ctranslate2_backend import CTranslate2Transcriber, compute_type_for
 
     compute_type = compute_type_for(manifest.dtype, device, runtime.cuda_dtype)
+    logger.info("loading %s (ctranslate2, %s) on %s", manifest.id, compute_type, device)
     return CTranslate2Transcriber(
         manifest,
         directory,
@@ -131,5 +138,4 @@ def open_variant(
 
         torch.set_num_threads(runtime.threads)
     device = device_for(manifest, runtime)
-    logger.info("loading %s (%s) on %s", variant_id, manifest.backend, device)
     return OPENERS[manifest.backend](manifest, store.path(variant_id), device, runtime)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -170,6 +170,11 @@ class HushSettings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @property
     def cache_dir(self) -> Path:
         """Downloads and intermediate files that can be rebuilt."""
@@ -189,3 +194,13 @@ class HushSettings(BaseSettings):
     def eval_dir(self) -> Path:
         """Transcripts of evaluations, kept so that they resume and can be compared."""
         return self.home / "eval"
+
+
+def describe_invalid_settings(error: ValidationError, prefix: str = "HUSH_") -> str:
+    """A settings object's validation error as one line, each problem named by the environment
+    variable that sets it (``HUSH_RUNTIME__THREADS='abc': Input should be a valid integer...``)."""
+    problems = []
+    for problem in error.errors():
+        name = prefix + "__".join(str(part) for part in problem["loc"]).upper()
+        problems.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
+    return "; ".join(problems)

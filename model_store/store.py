@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from model_store.atomic_write import write_atomically
-from model_store.errors import CorruptVariantError, VariantExistsError, VariantNotFoundError
+from model_store.errors import CorruptVariantError, StoreRootError, VariantExistsError, VariantNotFoundError
 from model_store.hashing import sha256_file
 from model_store.manifest import MANIFEST_FILENAME, Manifest, WeightFile, validate_variant_id
 
@@ -91,6 +91,8 @@ class ModelStore:
     # ---- reading -------------------------------------------------------------------------------
     def ids(self) -> list[str]:
         if not self.root.is_dir():
+            if self.root.exists():
+                raise StoreRootError(f"the store root {self.root} is not a directory (HUSH_STORE__ROOT)")
             return []
         return sorted(
             entry.name
@@ -165,9 +167,12 @@ class ModelStore:
     def publish(self, variant_id: str, *, replace: bool = False) -> Iterator[Staging]:
         """Stage a new variant; it appears in the store atomically when the block ends without error."""
         validate_variant_id(variant_id)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreRootError(f"the store root {self.root} is not a directory (HUSH_STORE__ROOT)")
         if self.exists(variant_id) and not replace:
             raise VariantExistsError(
-                f"variant {variant_id!r} already exists in {self.root}; remove it first or pass replace"
+                f"variant {variant_id!r} already exists in {self.root}; remove it first or replace it "
+                "(--replace)"
             )
         self.root.mkdir(parents=True, exist_ok=True)
         self._sweep_stale()

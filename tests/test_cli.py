@@ -9,13 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from model_store.cli import languages_cell
 from model_store.store import ModelStore
 from tests.conftest import DATA
 
 
-def hush(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "HUSH_STORE__ROOT": str(store), "HUSH_HOME": str(store.parent / "home")}
+def hush(*args: str, store: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "HUSH_STORE__ROOT": str(store),
+        "HUSH_HOME": str(store.parent / "home"),
+        **variables,
+    }
     return subprocess.run(
         [sys.executable, "-m", "model_store.cli", *args],
         capture_output=True,
@@ -59,6 +66,53 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert "store" in empty.stderr and "empty" in empty.stderr and "Traceback" not in empty.stderr
     missing = hush("store", "show", "nope", store=tmp_path / "store")
     assert missing.returncode == 2 and "no variant 'nope'" in missing.stderr
+
+
+JFK = str(DATA / "jfk.wav")
+
+
+@pytest.mark.parametrize(
+    ("args", "variables", "words"),
+    [
+        (("version",), {"HUSH_RUNTIME__THREADS": "abc"}, "HUSH_RUNTIME__THREADS='abc'"),
+        (("store", "ls"), {"HUSH_RUNTIME__DEVICE": "tpu"}, "HUSH_RUNTIME__DEVICE='tpu'"),
+        (("transcribe", "missing.wav"), {}, "does not exist"),
+        (("transcribe", JFK, "--temperature", "nan"), {}, "between 0 and 1"),
+        (("transcribe", JFK, "--task", "summarise"), {}, "transcribe' or 'translate"),
+        (("transcribe", JFK, "--model", ""), {}, "invalid variant id"),
+        (("serve", "--port", "99999"), {}, "--port 99999"),
+        (("serve", "--host", ""), {}, "--host ''"),
+        (("compress", "distill", "t", "--id", "s", "--languages", "en", "--preset", "bogus"), {}, "preset"),
+        (("compress", "distill", "t", "--id", "s", "--languages", "en", "--steps", "-1"), {}, "--steps"),
+    ],
+    ids=[
+        "bad-env-int",
+        "bad-env-choice",
+        "missing-file",
+        "nan-temperature",
+        "bad-task",
+        "empty-model",
+        "bad-port",
+        "empty-host",
+        "bad-preset",
+        "negative-steps",
+    ],
+)
+def test_a_user_mistake_is_one_line_and_status_2(
+    tiny_store: ModelStore, args: tuple[str, ...], variables: dict[str, str], words: str
+) -> None:
+    result = hush(*args, store=tiny_store.root, **variables)
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_store_root_must_be_a_directory_and_log_levels_take_any_case(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a store")
+    listing = hush("store", "ls", store=afile)
+    assert listing.returncode == 2 and "is not a directory" in listing.stderr
+    assert "Traceback" not in listing.stderr
+    assert hush("version", store=tmp_path / "store", HUSH_LOG_LEVEL="debug").returncode == 0
 
 
 def test_bad_audio_is_a_clear_error(tiny_store: ModelStore, tmp_path: Path) -> None:

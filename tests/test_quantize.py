@@ -10,11 +10,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ctranslate2
 import numpy as np
 import pytest
 import torch
+from ctranslate2.converters import TransformersConverter
 from safetensors import safe_open
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 
@@ -638,3 +640,22 @@ def test_asymmetric_rows_are_refused_outside_the_per_token_linears(tmp_path: Pat
         save_int8(model, tmp_path, per_token_linears=["model.encoder.layers.0.fc1"], asymmetric_linears=[fc2])
     save_int8(model, tmp_path, per_token_linears=[fc2], asymmetric_linears=[fc2])
     assert asymmetric_linears(tmp_path / INT8_WEIGHTS_FILENAME) == {fc2}
+
+
+def test_the_ct2_conversion_scratch_lives_inside_the_staging_directory(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed mid-conversion then leaves nothing the store's sweep of stale staging misses."""
+    outputs: list[Path] = []
+    convert = TransformersConverter.convert
+
+    def recording_convert(self: TransformersConverter, output_dir: str, *args: Any, **kwargs: Any) -> str:
+        outputs.append(Path(output_dir))
+        return convert(self, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersConverter, "convert", recording_convert)
+    manifest = quantize_variant(store, PARENT, "ct2-int8", variant_id="tiny-ct2-scratch")
+    staging = outputs[0].parent.parent
+    assert staging.parent == store.root and staging.name.startswith(".staging-tiny-ct2-scratch-")
+    assert not [path.name for path in store.path(manifest.id).iterdir() if path.name.startswith(".")]
+    assert not [path.name for path in store.root.iterdir() if path.name.startswith(".")]

@@ -36,15 +36,16 @@ def _names(value: str | None) -> tuple[str, ...] | None:
 @data_app.command("build")
 def build_command(
     out: Annotated[
-        Path | None, typer.Option(help="Corpora go to OUT/<corpus-id>/ [default: <home>/corpus]")
+        Path | None, typer.Option(help="Corpora go to OUT/<corpus-id>/ (default: <home>/corpus)")
     ] = None,
     languages: Annotated[
-        str | None, typer.Option(help="Comma list of ISO 639-1 codes [default: all]")
+        str | None, typer.Option(help="Comma list of ISO 639-1 codes (default: all)")
     ] = None,
     sources: Annotated[
         str | None,
         typer.Option(
-            help="Comma list: asterisk, fillets, smoke, udhr-espeak, udhr-festival, udhr-piper, udhr"
+            help="Comma list: asterisk, fillets, smoke, udhr-espeak, udhr-festival, udhr-piper; udhr (the "
+            "three udhr-*), recorded (asterisk, fillets, smoke) (default: all)"
         ),
     ] = None,
     limit_per_language: Annotated[
@@ -53,7 +54,7 @@ def build_command(
     max_dev: Annotated[int, typer.Option(min=0, help="Dev utterances per language")] = DEFAULT_MAX_DEV,
     max_test: Annotated[int, typer.Option(min=0, help="Test utterances per language")] = DEFAULT_MAX_TEST,
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes")] = max(1, os.cpu_count() or 1),
-    cache: Annotated[Path | None, typer.Option(help="Package cache [default: <home>/cache]")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Package cache (default: <home>/cache)")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Build the corpus (or finish a build that was stopped), then print its table."""

@@ -54,6 +54,21 @@ class DistillPlan:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.preset not in LOSS_PRESETS:
+            raise ValueError(f"loss preset must be one of {', '.join(LOSS_PRESETS)}, not {self.preset!r}")
+        if not self.languages:
+            raise ValueError("--languages names no language")
+        for name, value, least in (
+            ("--per-language", self.per_language, 1),
+            ("--decoder-layers", self.decoder_layers, 1),
+            ("--encoder-layers", self.encoder_layers, 1),
+            ("--steps", self.steps, 0),
+            ("--batch-size", self.batch_size, 1),
+        ):
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be at least {least}, not {value}")
+        if not self.learning_rate > 0:  # NaN too
+            raise ValueError(f"--learning-rate must be positive, not {self.learning_rate}")
         if sum(x is not None for x in (self.qad_bits, self.ptq_bits, self.guided_average_bits)) > 1:
             raise ValueError("choose one of --qad-bits, --ptq-bits and --guided-bits")
         for bits in (self.qad_bits, self.ptq_bits):

@@ -62,6 +62,8 @@ def experts_command(
         raise typer.BadParameter(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if expert not in EXPERT_KINDS:
         raise typer.BadParameter(f"unknown expert kind {expert!r}; choose one of: {', '.join(EXPERT_KINDS)}")
+    if not comma_list(languages):
+        raise typer.BadParameter("names no language, e.g. cs,nl", param_hint="--languages")
     settings = HushSettings()
     if settings.runtime.threads:
         import torch

@@ -23,8 +23,10 @@ def export_ctranslate2(parent: Parent, target: Path, quantization: str) -> dict[
         copy_files=["tokenizer.json"],
         load_as_float16=quantization in ("float16", "int8_float16"),
     )
-    # The converter wants to own its output directory; convert beside the staging one, then move in.
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ct2-") as scratch:
+    # The converter wants to own its output directory: convert into a scratch directory inside the
+    # target (a run killed mid-way leaves it inside the staging directory, which the store sweeps),
+    # then move the files up.
+    with tempfile.TemporaryDirectory(dir=target, prefix=".ct2-") as scratch:
         output = Path(scratch) / "model"
         converter.convert(str(output), quantization=quantization, force=True)
         for path in output.iterdir():
