@@ -46,6 +46,10 @@ def store_import(
     replace: Annotated[bool, typer.Option(help="Replace an existing variant with this id.")] = False,
 ) -> None:
     """Import a Whisper checkpoint into the store as a variant (weights checked against their pin)."""
+    if not source.strip():
+        raise typer.BadParameter(
+            "is empty: name a bundled model, a directory or a hub id", param_hint="SOURCE"
+        )
     store = ModelStore(HushSettings().store.root)
     manifest = import_to_store(store, source, variant_id, replace=replace)
     typer.echo(

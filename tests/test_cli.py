@@ -84,6 +84,7 @@ JFK = str(DATA / "jfk.wav")
         (("serve", "--host", ""), {}, "--host ''"),
         (("compress", "distill", "t", "--id", "s", "--languages", "en", "--preset", "bogus"), {}, "preset"),
         (("compress", "distill", "t", "--id", "s", "--languages", "en", "--steps", "-1"), {}, "--steps"),
+        (("store", "import", ""), {}, "is empty"),
     ],
     ids=[
         "bad-env-int",
@@ -96,6 +97,7 @@ JFK = str(DATA / "jfk.wav")
         "empty-host",
         "bad-preset",
         "negative-steps",
+        "empty-import-source",
     ],
 )
 def test_a_user_mistake_is_one_line_and_status_2(
