@@ -23,7 +23,10 @@ def distill_command(
     ] = 2,
     encoder_layers: Annotated[int, typer.Option(help="Encoder layers kept; 0: all (frozen, shared).")] = 0,
     student: Annotated[
-        str | None, typer.Option(help="A smaller pretrained Whisper directory as the student.")
+        str | None,
+        typer.Option(
+            help="A smaller pretrained Whisper as the student: a store variant id or a transformers directory."
+        ),
     ] = None,
     preset: Annotated[str, typer.Option(help=f"Loss preset: {', '.join(LOSS_PRESETS)}.")] = "distil-whisper",
     matching: Annotated[

@@ -11,6 +11,9 @@ Tables go to stdout; nothing here is a pass/fail test.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
+
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
 from tests.bench import bench_quantize, bench_server
@@ -18,7 +21,10 @@ from tests.bench import bench_quantize, bench_server
 SERVER_VARIANT = "whisper-base-ct2-int8"
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)  # no options: --help prints the above instead of starting the benchmarks
     settings = HushSettings()
     print("# Quantization: size, CER, speed and peak memory against faster-whisper\n", flush=True)
     bench_quantize.main(["--threads", "1", "--rounds", "3"])
