@@ -249,6 +249,8 @@ def quick_eval_command(
         return runs[0] if len(runs) == 1 else sum_runs(runs)
 
     variants = comma_list(variant)
+    for named in (*variants, *comma_list(against or "")):
+        store.get(named)  # an unknown id fails now, not after the first variant's decoding
     scores = scores_of(variants)
     report: dict[str, object] = {
         language: asdict(score) for language, score in summarize_quick(scores).items()
