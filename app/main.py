@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.cpu_budget import log_cpu_budget
 from app.errors import install_error_handlers
 from app.metrics import HushMetrics
 from app.pool import Opener, open_verified, watch_store
@@ -72,6 +73,7 @@ def create_app(
         app.state.hush = state
         await anyio.to_thread.run_sync(state.pool.sync_with_store)
         logger.info("serving %d variants from %s", len(state.pool.manifests()), store.root)
+        log_cpu_budget(settings.runtime.threads)
         loading = asyncio.create_task(anyio.to_thread.run_sync(preload, state))
         watching = (
             asyncio.create_task(watch_store(state.pool, settings.server.store_poll_seconds))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from app import cli as app_cli
+from app.cpu_budget import log_cpu_budget
 from app.settings import MIB, ServerSettings
 from model_store.settings import RuntimeSettings
 
@@ -81,3 +83,14 @@ def test_serve_command_overrides_host_and_port(monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 0, result.output
     assert (started["host"], started["port"]) == ("0.0.0.0", 8123)
     assert started["app"].title == "hush"
+
+
+def test_the_cpu_budget_is_logged_and_a_busy_machine_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="app.cpu_budget"):
+        log_cpu_budget(0, cores=2, load=0.3)
+        assert "2 torch threads on 2 cores" in caplog.text and "busy" not in caplog.text
+        log_cpu_budget(0, cores=2, load=2.5)
+        assert "already busy (load 2.5 on 2 cores)" in caplog.text
+        caplog.clear()
+        log_cpu_budget(1, cores=2, load=2.5)  # one thread does not spin-wait on anyone
+        assert "1 torch threads on 2 cores" in caplog.text and "busy" not in caplog.text
