@@ -20,7 +20,7 @@ class VariantExistsError(HushError):
 
 
 class StoreRootError(HushError):
-    """The store's root exists but is not a directory."""
+    """The store's root is not a directory, or not one this process may write to."""
 
 
 class CorruptVariantError(HushError):

@@ -174,9 +174,10 @@ class ModelStore:
                 f"variant {variant_id!r} already exists in {self.root}; remove it first or replace it "
                 "(--replace)"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._sweep_stale()
-        staging_dir = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{_STAGING_PREFIX}{variant_id}-"))
+        with self._writing():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._sweep_stale()
+            staging_dir = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{_STAGING_PREFIX}{variant_id}-"))
         staging = Staging(variant_id, staging_dir)
         try:
             yield staging
@@ -208,8 +209,17 @@ class ModelStore:
         self._discard(directory)
         logger.info("removed %s", variant_id)
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Name a store the process may not write to as such (not as a temporary file's error)."""
+        try:
+            yield
+        except PermissionError as error:
+            raise StoreRootError(f"the store {self.root} is not writable by this user: {error}") from error
+
     def _discard(self, directory: Path) -> None:
-        trash = Path(tempfile.mkdtemp(dir=self.root, prefix=_TRASH_PREFIX))
+        with self._writing():
+            trash = Path(tempfile.mkdtemp(dir=self.root, prefix=_TRASH_PREFIX))
         directory.replace(trash / directory.name)
         shutil.rmtree(trash, ignore_errors=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from model_store.errors import (
     CorruptVariantError,
     InvalidVariantIdError,
+    StoreRootError,
     VariantExistsError,
     VariantNotFoundError,
 )
@@ -218,3 +220,20 @@ def test_covers() -> None:
     assert multilingual.covers("cs")
     assert english.covers("en")
     assert not english.covers("cs")
+
+
+def test_a_store_this_user_may_not_write_to_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path)
+    _publish_dummy(store, "kept")
+
+    def refused(*args: object, **kwargs: object) -> str:  # what mkdtemp raises in a read-only directory
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".staging-x"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)  # chmod cannot stop root, who runs CI
+    with pytest.raises(StoreRootError, match="is not writable"):
+        _publish_dummy(store, "new")
+    with pytest.raises(StoreRootError, match="is not writable"):
+        store.remove("kept")
+    assert store.ids() == ["kept"]
