@@ -31,6 +31,7 @@ class AudioForm:
     response_format: ResponseFormat
     temperature: float
     granularities: tuple[Granularity, ...]
+    granularities_field: str  # the name the client sent them under, with or without []
     tier: SizeTier | None
 
 
@@ -73,6 +74,9 @@ async def audio_form(
         response_format=response_format,
         temperature=temperature,
         granularities=asked,
+        granularities_field="timestamp_granularities[]"
+        if granularities_listed
+        else "timestamp_granularities",
         tier=tier,
     )
 
@@ -88,7 +92,7 @@ async def _serve(
             400,
             f"timestamp_granularities needs response_format=verbose_json, not {form.response_format}",
             code="invalid_parameter",
-            param="timestamp_granularities[]",
+            param=form.granularities_field,
         )
     request = TranscriptionRequest(
         audio=await form.file.read(),
