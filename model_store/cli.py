@@ -212,8 +212,11 @@ def main() -> None:
     except ValidationError as error:  # settings read from HUSH_* variables (or .env)
         settings_error = error.title.endswith("Settings")
         _fail(describe_invalid_settings(error) if settings_error else str(error).replace("\n", "; "), error)
-    except (HushError, ValueError, OSError) as error:  # ValueError: a bad value; OSError: a bad path
+    except HushError as error:  # hush's own refusals: the message is the whole story
         _fail(str(error), error)
+    except (ValueError, OSError) as error:  # a bad value or path, or a bug: say where to see more
+        hint = "" if logger.isEnabledFor(logging.DEBUG) else " (hush --verbose ... logs the traceback)"
+        _fail(f"{error}{hint}", error)
 
 
 def _fail(message: str, error: BaseException) -> NoReturn:
