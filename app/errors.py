@@ -9,7 +9,7 @@ The rest of hush raises plain exceptions; this module alone decides their status
 | empty audio | 400 | empty_audio |
 | NaN or infinite samples | 400 | invalid_audio |
 | audio longer than ``max_audio_seconds`` | 400 | audio_too_long |
-| body larger than ``max_upload_bytes`` | 413 | file_too_large |
+| audio file larger than ``max_upload_bytes`` | 413 | file_too_large |
 | undecodable input | 415 | unsupported_audio_format |
 | no variant for the language/tier/floor | 400 | no_variant_available |
 | bad or missing parameter | 422 (types) / 400 (combinations) | invalid_parameter |

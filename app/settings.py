@@ -33,7 +33,7 @@ class ServerOptions(BaseModel):
         default_factory=list, description="Origins allowed by CORS (a JSON list); empty disables CORS."
     )
     max_upload_bytes: int = Field(
-        25 * MIB, gt=0, description="Largest request body accepted on /v1/audio (413 above it)."
+        25 * MIB, gt=0, description="Largest audio file accepted on /v1/audio (413 above it)."
     )
     max_audio_seconds: float = Field(
         3600.0, gt=0, description="Longest audio accepted; decoding stops and the request gets a 400 past it."

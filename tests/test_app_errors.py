@@ -75,6 +75,16 @@ def test_413_declared_size(client: TestClient) -> None:
     assert "300000 bytes" in message
 
 
+def test_the_limit_is_the_files_not_the_bodys(client: TestClient) -> None:
+    """A file of exactly the limit passes (the form's other bytes do not count against it); one byte more
+    does not, whether the body declares its length or not."""
+    at_limit = wav_bytes(9.0).ljust(300_000, b"\0")
+    passed = client.post("/v1/audio/transcriptions", files=upload(at_limit), data={"language": "en"})
+    assert_error(passed, 400, "audio_too_long", "file")  # past the size check: 9 s > the 5 s limit
+    over = client.post("/v1/audio/transcriptions", files=upload(at_limit + b"\0"), data={"language": "en"})
+    assert "300000 bytes" in assert_error(over, 413, "file_too_large", "file")
+
+
 def test_413_chunked_upload(client: TestClient) -> None:
     boundary = "hushboundary"
     body = (

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
-from app.deps import ServiceDep, StickyKeyDep, TraceDep
+from app.deps import ServiceDep, SettingsDep, StickyKeyDep, TraceDep
 from app.errors import ApiError
 from app.formats import Granularity, ResponseFormat, render
 from app.language import normalise_language
 from app.security import require_api_key
 from app.service import RequestTrace, TranscriptionRequest, TranscriptionService
+from app.upload_limit import check_file_size
 from model_store.manifest import SizeTier
 from model_store.transcription import Task
 
@@ -85,8 +86,14 @@ AudioFormDep = Annotated[AudioForm, Depends(audio_form)]
 
 
 async def _serve(
-    form: AudioForm, task: Task, service: TranscriptionService, trace: RequestTrace, sticky_key: str | None
+    form: AudioForm,
+    task: Task,
+    service: TranscriptionService,
+    trace: RequestTrace,
+    sticky_key: str | None,
+    max_upload_bytes: int,
 ) -> Response:
+    check_file_size(form.file.size, max_upload_bytes)
     if form.granularities and form.response_format != "verbose_json":
         raise ApiError(
             400,
@@ -111,13 +118,13 @@ async def _serve(
 
 @router.post("/transcriptions", summary="Transcribe audio in its language")
 async def create_transcription(
-    form: AudioFormDep, service: ServiceDep, trace: TraceDep, sticky_key: StickyKeyDep
+    form: AudioFormDep, service: ServiceDep, trace: TraceDep, sticky_key: StickyKeyDep, settings: SettingsDep
 ) -> Response:
-    return await _serve(form, "transcribe", service, trace, sticky_key)
+    return await _serve(form, "transcribe", service, trace, sticky_key, settings.server.max_upload_bytes)
 
 
 @router.post("/translations", summary="Translate audio into English text")
 async def create_translation(
-    form: AudioFormDep, service: ServiceDep, trace: TraceDep, sticky_key: StickyKeyDep
+    form: AudioFormDep, service: ServiceDep, trace: TraceDep, sticky_key: StickyKeyDep, settings: SettingsDep
 ) -> Response:
-    return await _serve(form, "translate", service, trace, sticky_key)
+    return await _serve(form, "translate", service, trace, sticky_key, settings.server.max_upload_bytes)
