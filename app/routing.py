@@ -163,16 +163,15 @@ class RouteDecision:
 
 class NoRouteError(Exception):
     """No variant can serve the request; the message says why each was left out, ``param`` names the
-    request field to change: a pinned model's own exclusion, else ``tier`` where the tier left some
-    variant out, else ``language`` where the language did (``None``: only the quality floor did)."""
+    request field to change: ``tier`` where the tier left some variant out, else ``language`` where the
+    language did, else ``model`` (``None``: only the quality floor did). A pinned request weighs its
+    model alone, so its exclusion is the only one."""
 
-    def __init__(
-        self, message: str, excluded: Sequence[Exclusion] = (), *, pinned: str | None = None
-    ) -> None:
+    def __init__(self, message: str, excluded: Sequence[Exclusion] = ()) -> None:
         details = "; ".join(f"{item.variant_id}: {item.why}" for item in excluded)
         super().__init__(f"{message} ({details})" if details else message)
         self.excluded = tuple(excluded)
-        causes = {item.param for item in excluded if pinned is None or item.variant_id == pinned}
+        causes = {item.param for item in excluded}
         self.param = next((name for name in ("tier", "language", "model") if name in causes), None)
 
 
@@ -247,7 +246,7 @@ class RoutingPolicy:
             ranked = sorted(unevaluated, key=lambda c: (c.expected_ms, c.variant_id))
             reason = RouteReason.UNEVALUATED_FASTEST if len(unevaluated) > 1 else RouteReason.ONLY_CANDIDATE
         else:
-            raise NoRouteError(self._no_route_message(request), excluded, pinned=request.pinned)
+            raise NoRouteError(self._no_route_message(request), excluded)
         if request.pinned is not None:
             reason = RouteReason.PINNED
         return RouteDecision(

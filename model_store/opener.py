@@ -27,13 +27,12 @@ def _open_transformers(
     from model_store.backends.transformers_backend import TransformersTranscriber
 
     cuda_dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-    if load_device(manifest, device) == "cuda" and not torch.cuda.is_available():
+    device = load_device(manifest, device)  # dynamic int8 runs on the CPU even where a GPU is present
+    if device == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(
             f"variant {manifest.id!r} was asked to run on cuda (HUSH_RUNTIME__DEVICE), but torch sees no "
             "CUDA GPU here; use HUSH_RUNTIME__DEVICE=auto or cpu"
         )
-
-    device = load_device(manifest, device)  # dynamic int8 runs on the CPU even where a GPU is present
     logger.info("loading %s (transformers) on %s", manifest.id, device)
     if device == "cpu":
         dtype = torch.float32

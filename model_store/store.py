@@ -90,9 +90,8 @@ class ModelStore:
 
     # ---- reading -------------------------------------------------------------------------------
     def ids(self) -> list[str]:
+        self._check_root()
         if not self.root.is_dir():
-            if self.root.exists():
-                raise StoreRootError(f"the store root {self.root} is not a directory (HUSH_STORE__ROOT)")
             return []
         return sorted(
             entry.name
@@ -167,8 +166,7 @@ class ModelStore:
     def publish(self, variant_id: str, *, replace: bool = False) -> Iterator[Staging]:
         """Stage a new variant; it appears in the store atomically when the block ends without error."""
         validate_variant_id(variant_id)
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreRootError(f"the store root {self.root} is not a directory (HUSH_STORE__ROOT)")
+        self._check_root()
         if self.exists(variant_id) and not replace:
             raise VariantExistsError(
                 f"variant {variant_id!r} already exists in {self.root}; remove it first or replace it "
@@ -208,6 +206,11 @@ class ModelStore:
             raise VariantNotFoundError(variant_id, self.ids())
         self._discard(directory)
         logger.info("removed %s", variant_id)
+
+    def _check_root(self) -> None:
+        """A root that does not exist yet is an empty store; one that is not a directory is an error."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreRootError(f"the store root {self.root} is not a directory (HUSH_STORE__ROOT)")
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
