@@ -24,7 +24,7 @@ from app.latency import LatencyTracker
 from app.metrics import HushMetrics
 from app.pool import VariantLease, VariantPool
 from app.routing import NoRouteError, RouteDecision, RouteReason, RouteRequest, RoutingPolicy
-from app.settings import AUTO_MODEL, ServerOptions
+from app.settings import AUTO_MODEL, WHISPER_1, ServerOptions
 from app.shadow import ShadowJob, ShadowScorer
 from model_store.audio import decode_audio
 from model_store.errors import CorruptVariantError, VariantNotFoundError
@@ -33,7 +33,6 @@ from model_store.transcription import SAMPLE_RATE, Audio, Task, TranscribeOption
 
 logger = logging.getLogger(__name__)
 
-WHISPER_1 = "whisper-1"  # OpenAI's model name: an alias of the server's default model
 ENGLISH = "en"
 
 

@@ -16,6 +16,7 @@ from model_store.transcription import DEFAULT_TEMPERATURES
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 AUTO_MODEL = "auto"  # the model name that asks the router to choose
+WHISPER_1 = "whisper-1"  # OpenAI's model name: an alias of the server's default model
 
 
 class ServerOptions(BaseModel):
@@ -95,7 +96,7 @@ class ServerOptions(BaseModel):
     @field_validator("default_model")
     @classmethod
     def _check_default_model(cls, value: str) -> str:
-        if value != AUTO_MODEL and not VARIANT_ID_PATTERN.match(value):
+        if value != AUTO_MODEL and (value == WHISPER_1 or not VARIANT_ID_PATTERN.match(value)):
             raise ValueError(f"default_model must be {AUTO_MODEL!r} or a variant id, got {value!r}")
         return value
 

@@ -18,6 +18,8 @@ from model_store.errors import InvalidVariantIdError
 SCHEMA_VERSION = 1
 MANIFEST_FILENAME = "manifest.json"
 VARIANT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+# Model names the server gives a meaning of its own (routing, OpenAI's default): no variant may take them.
+RESERVED_MODEL_NAMES = frozenset({"auto", "whisper-1"})
 ALL_LANGUAGES = "*"
 
 Backend = Literal["transformers", "ctranslate2"]

@@ -20,9 +20,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from model_store.atomic_write import write_atomically
-from model_store.errors import CorruptVariantError, StoreRootError, VariantExistsError, VariantNotFoundError
+from model_store.errors import (
+    CorruptVariantError,
+    InvalidVariantIdError,
+    StoreRootError,
+    VariantExistsError,
+    VariantNotFoundError,
+)
 from model_store.hashing import sha256_file
-from model_store.manifest import MANIFEST_FILENAME, Manifest, WeightFile, validate_variant_id
+from model_store.manifest import (
+    MANIFEST_FILENAME,
+    RESERVED_MODEL_NAMES,
+    Manifest,
+    WeightFile,
+    validate_variant_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +178,11 @@ class ModelStore:
     def publish(self, variant_id: str, *, replace: bool = False) -> Iterator[Staging]:
         """Stage a new variant; it appears in the store atomically when the block ends without error."""
         validate_variant_id(variant_id)
+        if variant_id in RESERVED_MODEL_NAMES:
+            raise InvalidVariantIdError(
+                f"variant id {variant_id!r} is reserved: the server reads it as a model alias "
+                f"({', '.join(sorted(RESERVED_MODEL_NAMES))})"
+            )
         self._check_root()
         if self.exists(variant_id) and not replace:
             raise VariantExistsError(

@@ -220,13 +220,33 @@ def test_verbose_json_shape() -> None:
 def test_models_listing(client: TestClient) -> None:
     body = client.get("/v1/models").json()
     assert body["object"] == "list"
-    [model] = body["data"]
+    model, *aliases = body["data"]
+    assert [(alias["id"], alias["alias_of"]) for alias in aliases] == [
+        ("whisper-1", "auto"),
+        ("auto", "auto"),
+    ]
     assert model["id"] == "tiny-random" and model["object"] == "model" and model["owned_by"] == "hush"
     assert model["tier"] == "tiny" and model["languages"] == ["*"] and model["loaded"] is True
     assert model["bytes"] > 1_000_000 and model["recipe"] == "import"
     assert model["audio_context_seconds"] is None and model["encoder_attention"] == "float32"
     assert model["numerics"] == ""  # a float variant: nothing but its weights decides its transcripts
     assert client.get("/v1/models/tiny-random").json()["id"] == "tiny-random"
+
+
+def test_whisper_1_names_the_pinned_default(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    publish_fake_variant(store, "stub-a", cer={"en": 0.1}, ms_per_audio_second=10.0)
+    settings = server_settings(store.root, default_model="stub-a")
+    with TestClient(create_app(settings, store, opener=StubOpener())) as client:
+        alias = client.get("/v1/models/whisper-1").json()
+        assert alias == {
+            "id": "whisper-1",
+            "object": "model",
+            "created": 0,
+            "owned_by": "hush",
+            "alias_of": "stub-a",
+        }
+        assert client.get("/v1/models/auto").json()["alias_of"] == "auto"
 
 
 def test_models_carry_figures(stub_client: TestClient) -> None:

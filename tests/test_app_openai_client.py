@@ -53,8 +53,9 @@ def test_text_and_models(client: openai.OpenAI) -> None:
             model="auto", file=audio, response_format="text", language="en"
         )
     assert isinstance(text, str) and text.strip()
-    assert [model.id for model in client.models.list()] == ["tiny-random"]
+    assert [model.id for model in client.models.list()] == ["tiny-random", "whisper-1", "auto"]
     assert client.models.retrieve("tiny-random").owned_by == "hush"
+    assert client.models.retrieve("whisper-1").model_extra == {"alias_of": "auto"}
 
 
 def test_errors_become_the_clients_exceptions(client: openai.OpenAI, base_url: str) -> None:

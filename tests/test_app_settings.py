@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from app import cli as app_cli
 from app.cpu_budget import log_cpu_budget
-from app.settings import MIB, ServerSettings
+from app.settings import AUTO_MODEL, MIB, WHISPER_1, ServerSettings
+from model_store.manifest import RESERVED_MODEL_NAMES
 from model_store.settings import RuntimeSettings
 
 
@@ -63,6 +64,7 @@ def test_a_device_setting_names_its_choices(monkeypatch: pytest.MonkeyPatch) -> 
     "server",
     [
         {"default_model": "Not An Id"},
+        {"default_model": "whisper-1"},  # an alias of the default cannot be the default
         {"temperatures": [0.4, 0.2]},
         {"queue_size": -1},
         {"latency_ewma_alpha": 0},
@@ -71,6 +73,10 @@ def test_a_device_setting_names_its_choices(monkeypatch: pytest.MonkeyPatch) -> 
 def test_unsafe_values_are_refused(server: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         ServerSettings(server=server)
+
+
+def test_the_stores_reserved_names_are_the_servers_aliases() -> None:
+    assert {AUTO_MODEL, WHISPER_1} == RESERVED_MODEL_NAMES
 
 
 def test_serve_command_overrides_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:

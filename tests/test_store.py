@@ -206,6 +206,14 @@ def test_invalid_ids_refused(tmp_path: Path, bad: str) -> None:
         ModelStore(tmp_path).path(bad)
 
 
+@pytest.mark.parametrize("reserved", ["auto", "whisper-1"])
+def test_the_servers_model_aliases_cannot_be_published(tmp_path: Path, reserved: str) -> None:
+    store = ModelStore(tmp_path)
+    with pytest.raises(InvalidVariantIdError, match="reserved"), store.publish(reserved):
+        pass
+    assert store.ids() == []
+
+
 def test_size_tiers() -> None:
     assert size_tier_for(39_000_000) == "tiny"
     assert size_tier_for(74_000_000) == "base"

@@ -7,9 +7,10 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from app.deps import LatencyDep, PoolDep
+from app.deps import LatencyDep, PoolDep, ServiceDep
 from app.pool import VariantPool
 from app.security import require_api_key
+from app.settings import AUTO_MODEL, WHISPER_1
 from model_store.manifest import EncoderAttention, Manifest, SizeTier
 from model_store.opener import numerics_label, runnable_here
 
@@ -48,9 +49,27 @@ class ModelPublic(BaseModel):
     runnable: bool = Field(description="Whether it can run on this server (a CUDA variant needs a GPU).")
 
 
+class ModelAliasPublic(BaseModel):
+    """A model name that is not a variant: `auto` (the router chooses) and `whisper-1` (the default)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "hush"
+    alias_of: str = Field(description="'auto' (routed per request) or the variant it pins.")
+
+
 class ModelListPublic(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelPublic]
+    data: list[ModelPublic | ModelAliasPublic] = Field(description="The variants, then the aliases.")
+
+
+def model_aliases(default_model: str) -> dict[str, ModelAliasPublic]:
+    """The names a request's `model` accepts beside variant ids, and what each means on this server."""
+    return {
+        WHISPER_1: ModelAliasPublic(id=WHISPER_1, alias_of=default_model),
+        AUTO_MODEL: ModelAliasPublic(id=AUTO_MODEL, alias_of=AUTO_MODEL),
+    }
 
 
 def model_public(manifest: Manifest, pool: VariantPool, observed: dict[str, float]) -> ModelPublic:
@@ -79,13 +98,21 @@ def model_public(manifest: Manifest, pool: VariantPool, observed: dict[str, floa
     )
 
 
-@router.get("", summary="List the variants")
-def list_models(pool: PoolDep, latency: LatencyDep) -> ModelListPublic:
+@router.get("", summary="List the variants and the aliases")
+def list_models(pool: PoolDep, latency: LatencyDep, service: ServiceDep) -> ModelListPublic:
     observed = latency.estimates()
     manifests = sorted(pool.manifests(), key=lambda manifest: manifest.id)
-    return ModelListPublic(data=[model_public(manifest, pool, observed) for manifest in manifests])
+    variants: list[ModelPublic | ModelAliasPublic] = [
+        model_public(manifest, pool, observed) for manifest in manifests
+    ]
+    return ModelListPublic(data=[*variants, *model_aliases(service.options.default_model).values()])
 
 
-@router.get("/{model_id}", summary="One variant")
-def retrieve_model(model_id: str, pool: PoolDep, latency: LatencyDep) -> ModelPublic:
+@router.get("/{model_id}", summary="One variant, or what an alias stands for")
+def retrieve_model(
+    model_id: str, pool: PoolDep, latency: LatencyDep, service: ServiceDep
+) -> ModelPublic | ModelAliasPublic:
+    alias = model_aliases(service.options.default_model).get(model_id)
+    if alias is not None:
+        return alias
     return model_public(pool.manifest(model_id), pool, latency.estimates())
