@@ -90,15 +90,20 @@ def numerics_label(manifest: Manifest, runtime: RuntimeSettings) -> str:
     """What, beside its weights and the decoding, decides a variant's transcripts on this machine, as
     a label for results computed with it (``""`` when nothing does): ``a8`` for dynamic int8 weights
     run with 8-bit activations (``runtime.int8_full_range``), whose transcripts differ from 7-bit ones;
-    ``att32`` for a variant published with bfloat16 encoder attention that runs it in float32 here
+    ``f32`` for them run as float Linears where PyTorch lacks its dynamic int8 Linear (see
+    :mod:`model_store.backends.legacy_int8`); ``att32`` for a variant published with bfloat16 encoder attention that runs it in float32 here
     (``runtime.bf16_attention``). Parts are joined with ``-``."""
     if manifest.backend != "transformers":
         return ""
+    from model_store.backends import legacy_int8
     from model_store.backends.quantized_loading import weights_format
 
     parts = []
-    if weights_format(manifest) == "torch-dynamic-int8" and runtime.resolved_int8_full_range():
-        parts.append("a8")
+    if weights_format(manifest) == "torch-dynamic-int8":
+        if not legacy_int8.available():
+            parts.append("f32")
+        elif runtime.resolved_int8_full_range():
+            parts.append("a8")
     if manifest.encoder_attention == "bfloat16" and not uses_bf16_attention(manifest, runtime):
         parts.append("att32")
     return "-".join(parts)

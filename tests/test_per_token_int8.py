@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_store.backends.int8_dynamic import _per_channel_int8, _quantized_linear
+from model_store.backends.int8_dynamic import _quantized_linear, per_channel_int8
 from model_store.backends.per_token_int8 import PerTokenInt8Linear
 
 
 def _layers(seed: int = 0) -> tuple[nn.Linear, PerTokenInt8Linear, nn.Module]:
     torch.manual_seed(seed)
     float_layer = nn.Linear(256, 64)
-    weight, scales = _per_channel_int8(float_layer.weight.data)
+    weight, scales = per_channel_int8(float_layer.weight.data)
     bias = float_layer.bias.data
     return (
         float_layer,

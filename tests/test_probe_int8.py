@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from compression.quantize.calibration import CalibrationExample
-from model_store.backends.int8_dynamic import _per_channel_int8
+from model_store.backends.int8_dynamic import per_channel_int8
 from tests.bench.probe_int8_decoding import fidelity, rows, stepwise_log_probs, weights_only
 from tests.factories import tiny_random_whisper
 
@@ -48,7 +48,7 @@ def test_weights_only_rounds_every_linear_and_leaves_the_original_alone() -> Non
     model = tiny_random_whisper().model
     original = model.model.decoder.layers[0].fc1.weight.detach().clone()
     rounded = weights_only(model)
-    weight, scales = _per_channel_int8(original)
+    weight, scales = per_channel_int8(original)
     assert torch.equal(rounded.model.decoder.layers[0].fc1.weight, weight.float() * scales[:, None])
     assert torch.equal(model.model.decoder.layers[0].fc1.weight, original)
     assert all(type(module) is nn.Linear for module in rounded.modules() if "Linear" in type(module).__name__)

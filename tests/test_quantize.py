@@ -18,7 +18,7 @@ import pytest
 import torch
 from ctranslate2.converters import TransformersConverter
 from safetensors import safe_open
-from torch.ao.nn.quantized import dynamic as quantized_dynamic
+from torch import nn
 
 from compression.importers.ct2_format import read_ct2_model
 from compression.quantize.ct2_export import export_ctranslate2
@@ -30,14 +30,15 @@ from compression.quantize.methods import (
     variant_id_for,
 )
 from compression.quantize.parent import Parent, UnsupportedParentError
+from model_store.backends import legacy_int8
 from model_store.backends.cpu_features import full_range_int8_is_exact
 from model_store.backends.ctranslate2_backend import CTranslate2Transcriber, max_length_for
 from model_store.backends.int8_dynamic import (
     INT8_WEIGHTS_FILENAME,
-    FullRangeDynamicLinear,
     _quantized_linear,
     asymmetric_linears,
     load_int8,
+    per_channel_int8,
     per_token_linears,
     save_int8,
 )
@@ -63,6 +64,14 @@ INT8_METHODS = ["ptq-int8", "ct2-int8", "bnb-int8"]
 CPU = RuntimeSettings(device="cpu")
 QUICK = TranscribeOptions(temperatures=(0.0,), max_new_tokens=16)  # random weights: bound the decoding
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+requires_legacy_int8 = pytest.mark.skipif(
+    not legacy_int8.available(), reason="this PyTorch has no legacy dynamic int8 Linear"
+)
+
+
+def per_matrix_kind(*, full_range: bool = False) -> type[nn.Module]:
+    """The module a per-matrix int8 Linear loads as: PyTorch's dynamic one, or the float fallback."""
+    return legacy_int8.dynamic_linear_kind(full_range=full_range) if legacy_int8.available() else nn.Linear
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +301,7 @@ def test_keep_fc2_stores_and_runs_the_ffn_output_layers_in_float(
     assert sorted(manifest.recipe.args["float_linears"]) == sorted(key.removesuffix(".weight") for key in fc2)
     model = load_int8(directory)
     assert type(model.get_submodule("model.decoder.layers.1.fc2")) is torch.nn.Linear
-    assert isinstance(model.get_submodule("model.decoder.layers.1.fc1"), quantized_dynamic.Linear)
+    assert isinstance(model.get_submodule("model.decoder.layers.1.fc1"), per_matrix_kind())
 
 
 def test_per_token_variant_quantizes_encoder_fc2_and_cross_attention_inputs_per_token(
@@ -304,7 +313,7 @@ def test_per_token_variant_quantizes_encoder_fc2_and_cross_attention_inputs_per_
     linears = {
         name
         for name, module in model.named_modules()
-        if isinstance(module, (PerTokenInt8Linear, quantized_dynamic.Linear))
+        if isinstance(module, (PerTokenInt8Linear, per_matrix_kind()))
     }
     cross = ("encoder_attn.k_proj", "encoder_attn.v_proj")
     expected = {
@@ -315,7 +324,7 @@ def test_per_token_variant_quantizes_encoder_fc2_and_cross_attention_inputs_per_
     # 6 Linears a layer in the encoder, + 2 fc2 and 2 x 2 cross-attention inputs in the decoder
     assert listed == expected and len(expected) == 2 * 6 + 2 + 4
     assert all(isinstance(model.get_submodule(name), PerTokenInt8Linear) for name in expected)
-    assert isinstance(model.get_submodule("model.decoder.layers.0.fc1"), quantized_dynamic.Linear)
+    assert isinstance(model.get_submodule("model.decoder.layers.0.fc1"), per_matrix_kind())
     assert per_token_linears(store.path(variant("ptq-int8").id) / INT8_WEIGHTS_FILENAME) == frozenset()
     fc2 = {name for name in expected if name.endswith(".fc2")}
     assert asymmetric_linears(directory / INT8_WEIGHTS_FILENAME) == fc2 and len(fc2) == 4
@@ -389,6 +398,64 @@ def test_transformers_quantized_logits_are_close_to_the_parent(
     error = _relative_error(expected, logits.logits[0, -1].float().numpy())
     print(f"{method}: relative logit error {error:.4f}")
     assert 0 < error < tolerance
+
+
+@requires_legacy_int8
+def test_per_channel_codes_are_the_legacy_apis_bytes() -> None:
+    """The written-out arithmetic gives what PyTorch's observer and quantize_per_channel gave (and wrote
+    into every int8 variant so far): scales and codes, ties, an all-zero row and one-signed rows."""
+    torch.manual_seed(0)
+    weight = torch.randn(48, 96) * 0.05
+    weight[0] = 0.0
+    weight[1] = weight[1].abs()
+    weight[2] = -weight[2].abs()
+    weight[3, :8] = torch.tensor([0.5, -0.25, 0.125, 1.0, -1.0, 0.75, 0.0, 0.375]) * 127.5 / 100
+    for values in (weight, weight.half().float()):  # float32, and float16 as the imported checkpoints are
+        observer = torch.ao.quantization.per_channel_dynamic_qconfig.weight()
+        observer(values)
+        scales, zero_points = observer.calculate_qparams()
+        codes = torch.quantize_per_channel(values, scales, zero_points, 0, torch.qint8).int_repr()
+        our_codes, our_scales = per_channel_int8(values)
+        assert our_codes.dtype == torch.int8 and our_scales.dtype == torch.float32
+        assert torch.equal(our_scales, scales.float()) and torch.equal(our_codes, codes)
+
+
+def test_without_the_legacy_kernels_int8_variants_load_as_float_linears(
+    store: ModelStore,
+    variant: Callable[[str], Manifest],
+    reference_logits: tuple[torch.Tensor, list[int], np.ndarray],
+    two_seconds: Audio,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A PyTorch release without torch.ao's dynamic int8 Linear still opens every int8 variant: the
+    per-matrix Linears become float Linears of the same int8 weights (per-token ones keep torch._int_mm)."""
+    features, prompt, expected = reference_logits
+    directory = store.path(variant("ptq-int8-per-token").id)
+    monkeypatch.setattr(legacy_int8, "available", lambda: False)
+    with caplog.at_level("WARNING", logger="model_store.backends.int8_dynamic"):
+        model = load_int8(directory)
+    assert "run as float32 Linears of their dequantized weights" in caplog.text
+    fc1 = model.get_submodule("model.decoder.layers.0.fc1")
+    assert type(fc1) is nn.Linear and fc1.weight.dtype == torch.float32
+    assert isinstance(model.get_submodule("model.encoder.layers.0.fc1"), PerTokenInt8Linear)
+    with safe_open(str(directory / INT8_WEIGHTS_FILENAME), framework="pt") as tensors:
+        codes = tensors.get_tensor("model.decoder.layers.0.fc1.weight")
+        scales = tensors.get_tensor("model.decoder.layers.0.fc1.weight_scale")
+    assert torch.equal(fc1.weight, codes.float() * scales[:, None])  # the stored weights, exactly
+    with torch.inference_mode():
+        logits = model(input_features=features[None], decoder_input_ids=torch.tensor([prompt])).logits
+    assert 0 < _relative_error(expected, logits[0, -1].numpy()) < 0.05
+    assert numerics_label(variant("ptq-int8"), CPU) == "f32"  # eval records say what ran
+    transcriber = open_variant(store, variant("ptq-int8").id, CPU)
+    assert isinstance(transcriber, TransformersTranscriber)
+    try:
+        assert not any(
+            type(module).__module__.startswith("torch.ao") for module in transcriber.model.modules()
+        )
+        assert transcriber.transcribe(two_seconds, QUICK).duration == pytest.approx(2.0)
+    finally:
+        transcriber.close()
 
 
 def test_ct2_int8_logits_are_close_to_the_parent(
@@ -594,7 +661,7 @@ def test_full_range_is_a_run_time_choice_over_the_same_bytes(
     store: ModelStore, variant: Callable[[str], Manifest]
 ) -> None:
     directory = store.path(variant("ptq-int8-per-token").id)
-    for full_range, expected in ((False, quantized_dynamic.Linear), (True, FullRangeDynamicLinear)):
+    for full_range, expected in ((False, per_matrix_kind()), (True, per_matrix_kind(full_range=True))):
         model = load_int8(directory, full_range=full_range)
         assert type(model.get_submodule("model.decoder.layers.0.fc1")) is expected
         assert isinstance(model.get_submodule("model.encoder.layers.0.fc1"), PerTokenInt8Linear)

@@ -38,7 +38,8 @@ class ModelPublic(BaseModel):
     encoder_attention: EncoderAttention = Field(description="Precision of the encoder's self-attention.")
     numerics: str = Field(
         description="What beside the weights decides its transcripts on this server, as hush eval labels "
-        "it: 'a8' (8-bit int8 activations), 'att32' (bfloat16 attention run in float32), '' (nothing)."
+        "it: 'a8' (8-bit int8 activations), 'f32' (int8 weights run in float: no int8 kernel in this "
+        "PyTorch), 'att32' (bfloat16 attention run in float32), '' (nothing)."
     )
     cer: dict[str, float] = Field(description="Evaluated character error rate per language.")
     ms_per_audio_second: float | None = Field(description="Measured compute per audio second (manifest).")

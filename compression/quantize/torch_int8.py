@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from compression.quantize.parent import Parent
+from model_store.backends import legacy_int8
 from model_store.backends.int8_dynamic import FORMAT_NAME, save_int8
 
 FFN_OUTPUT = "fc2"  # the FFN's second Linear, whose input is the GELU's output
@@ -75,6 +76,6 @@ def write_ptq_int8(
         "per_token_asymmetric": asymmetric,
         "tied_embedding": "stored once as the output projection's int8 rows, dequantized for lookup",
         "float_tensors": "float16",
-        "engine": torch.backends.quantized.engine,
+        "engine": torch.backends.quantized.engine if legacy_int8.available() else "float fallback",
         "torch": torch.__version__,
     }

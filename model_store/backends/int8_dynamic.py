@@ -20,6 +20,9 @@ without PyTorch's quantized-tensor API (deprecated in recent releases) and load 
 safe reader. At load time the float model's skeleton is built on the ``meta`` device, its Linears
 replaced by ``torch.ao.nn.quantized.dynamic.Linear`` (what ``quantize_dynamic`` would put there),
 and the int8 weights set into them, so no float copy of the Linear weights is ever materialised.
+Where a PyTorch release no longer has that module (:mod:`.legacy_int8`: PyTorch deprecated the quantized
+dtypes it rests on), those Linears load as float Linears of the dequantized int8 weights instead: the
+same weights, float activations, the float model's memory and speed, and a warning in the log.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from model_store.backends import legacy_int8
 from model_store.backends.per_token_int8 import PerTokenInt8Linear, PerTokenScheme
 from model_store.safetensors_file import save_safetensors
 
@@ -51,15 +54,23 @@ PER_TOKEN_ASYMMETRIC_KEY = "per_token_asymmetric"
 FLOAT_STORAGE = torch.float16  # the non-Linear tensors; the imported teachers are float16 already
 
 
-def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 (PyTorch's ``per_channel_dynamic_qconfig`` observer)."""
-    observer = torch.ao.quantization.per_channel_dynamic_qconfig.weight()
-    observer(weight.float())
-    scales, zero_points = observer.calculate_qparams()
-    if bool(zero_points.any()):
-        raise ValueError("expected symmetric quantization (zero points of 0)")
-    quantized = torch.quantize_per_channel(weight.float(), scales, zero_points, 0, torch.qint8)
-    return quantized.int_repr().contiguous(), scales.float().contiguous()
+INT8_HALF_RANGE = 127.5  # (127 - (-128)) / 2: the symmetric scale's divisor over the signed range
+SCALE_FLOOR = torch.finfo(torch.float32).eps  # an all-zero row still gets a usable scale
+
+
+def per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 codes and float32 scales, ``w ~= codes * scale``.
+
+    The arithmetic of PyTorch's ``per_channel_dynamic_qconfig`` observer and ``quantize_per_channel``
+    (scale = max|w| / 127.5, codes rounded half to even from ``w * (1 / scale)``, clamped to
+    [-128, 127]), written out so that no quantized dtype is involved; it gives the same bytes
+    (``tests/test_quantize.py`` compares them where the legacy API still exists).
+    """
+    rows = weight.detach().float()
+    bound = torch.maximum(-rows.amin(dim=1).clamp(max=0), rows.amax(dim=1).clamp(min=0))
+    scales = torch.clamp(bound / INT8_HALF_RANGE, min=SCALE_FLOOR)
+    codes = torch.clamp(torch.round(rows * (1.0 / scales)[:, None]), -128, 127).to(torch.int8)
+    return codes.contiguous(), scales.contiguous()
 
 
 def _tied(model: WhisperForConditionalGeneration) -> bool:
@@ -83,7 +94,7 @@ def int8_state_dict(
     for name, tensor in model.state_dict().items():
         module_name, _, kind = name.rpartition(".")
         if module_name in linear_names and kind == "weight":
-            state[name], state[module_name + SCALE_SUFFIX] = _per_channel_int8(tensor)
+            state[name], state[module_name + SCALE_SUFFIX] = per_channel_int8(tensor)
         elif name == TIED_EMBEDDING and tied:
             continue  # stored once, as proj_out's int8 rows
         else:
@@ -136,19 +147,6 @@ def _listed(metadata: dict[str, str] | None, key: str) -> frozenset[str]:
     return frozenset(json.loads(listed)) if listed else frozenset()
 
 
-class FullRangeDynamicLinear(quantized_dynamic.Linear):
-    """PyTorch's dynamic int8 Linear with its activations quantized to all 8 bits. The stock module
-    asks fbgemm for 7 (``reduce_range``), which only CPUs without VNNI need (see
-    :mod:`model_store.backends.cpu_features`)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
-        return output.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", activations=int8 full range"
-
-
 def int8_layer(
     weight: torch.Tensor,
     scales: torch.Tensor,
@@ -157,23 +155,38 @@ def int8_layer(
     per_token: bool,
     scheme: PerTokenScheme = "symmetric",
     full_range: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """The run-time module of one int8 Linear: activations quantized per token (with ``scheme``), or
     per matrix by PyTorch's dynamic int8 (to 8 bits with ``full_range``, else 7)."""
     if per_token:
         return PerTokenInt8Linear(weight, scales, bias, scheme)
-    return _quantized_linear(weight, scales, bias, full_range=full_range)
+    return _quantized_linear(weight, scales, bias, full_range=full_range, dtype=dtype)
 
 
 def _quantized_linear(
-    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, full_range: bool
-) -> quantized_dynamic.Linear:
+    weight: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    full_range: bool,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """PyTorch's dynamic int8 Linear where this PyTorch has it, else a ``dtype`` Linear of the same weights."""
+    if legacy_int8.available():
+        return legacy_int8.dynamic_linear(weight, scales, bias, full_range=full_range)
+    return dequantized_linear(weight, scales, bias, dtype)
+
+
+def dequantized_linear(
+    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.float32
+) -> nn.Linear:
+    """A float Linear of the int8 weights times their scales (the fallback: no int8 kernel needed)."""
     out_features, in_features = weight.shape
-    kind = FullRangeDynamicLinear if full_range else quantized_dynamic.Linear
-    layer = kind(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
-    zero_points = torch.zeros(out_features, dtype=torch.long)
-    qweight = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
-    layer.set_weight_bias(qweight, bias)
+    layer = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter((weight.float() * scales.float()[:, None]).to(dtype), requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
     return layer
 
 
@@ -202,7 +215,13 @@ def load_int8(
         bias = None if bias is None else bias.to(dtype)
         scheme: PerTokenScheme = "asymmetric" if name in asymmetric else "symmetric"
         layers[name] = int8_layer(
-            weight, scales, bias, per_token=name in per_token, scheme=scheme, full_range=full_range
+            weight,
+            scales,
+            bias,
+            per_token=name in per_token,
+            scheme=scheme,
+            full_range=full_range,
+            dtype=dtype,
         )
         if name == OUTPUT_PROJECTION and TIED_EMBEDDING not in state:
             state[TIED_EMBEDDING] = weight.to(dtype) * scales.to(dtype)[:, None]
@@ -215,6 +234,16 @@ def load_int8(
     ]
     if left_on_meta:
         raise ValueError(f"{directory / INT8_WEIGHTS_FILENAME} lacks tensors: {left_on_meta}")
+    per_matrix = len(linear_names) - len(per_token & set(linear_names))
+    if per_matrix and not legacy_int8.available():
+        logger.warning(
+            "PyTorch %s has no dynamic int8 Linear (torch.ao.nn.quantized.dynamic): %d int8 Linears of %s "
+            "run as float32 Linears of their dequantized weights (the float model's memory and speed; "
+            "transcripts may differ slightly from the variant's evaluated ones)",
+            torch.__version__,
+            per_matrix,
+            directory.name,
+        )
     logger.debug(
         "loaded %d int8 Linear layers from %s (%d-bit activations per matrix)",
         len(linear_names),

@@ -27,7 +27,7 @@ from compression.quantize.torch_int8 import encoder_and_ffn_outputs, is_ffn_outp
 from model_store.backends.bf16_attention import use_bf16_encoder_attention
 from model_store.backends.cache_keyword import cache_keyword
 from model_store.backends.cpu_features import full_range_int8_is_exact
-from model_store.backends.int8_dynamic import _per_channel_int8
+from model_store.backends.int8_dynamic import per_channel_int8
 from tests.bench.probe_int8_layers import Selection, add_probe_arguments, probe_inputs, quantized_copy
 
 Variant = Callable[[WhisperForConditionalGeneration], WhisperForConditionalGeneration]
@@ -71,7 +71,7 @@ def weights_only(model: WhisperForConditionalGeneration) -> WhisperForConditiona
     rounded = quantized_copy(model, lambda name: False)
     for module in rounded.modules():
         if isinstance(module, nn.Linear):
-            weight, scales = _per_channel_int8(module.weight.data)
+            weight, scales = per_channel_int8(module.weight.data)
             module.weight.data = weight.float() * scales[:, None]
     return rounded
 

@@ -35,7 +35,7 @@ from compression.quantize.smoothed_parent import calibration_ranges
 from compression.quantize.smoothing import smooth, whisper_smoothing_groups
 from compression.quantize.torch_int8 import encoder_and_ffn_outputs
 from compression.training.selection import select_utterances
-from model_store.backends.int8_dynamic import _per_channel_int8, int8_layer
+from model_store.backends.int8_dynamic import int8_layer, per_channel_int8
 from model_store.backends.per_token_int8 import PerTokenScheme
 from model_store.manifest import Manifest
 from model_store.whisper_tokens import SpecialTokens, special_tokens, transcription_prompt
@@ -68,7 +68,7 @@ def quantized_copy(
     quantized = copy.deepcopy(model)
     for name, module in list(quantized.named_modules()):
         if isinstance(module, nn.Linear) and chosen(name):
-            weight, scales = _per_channel_int8(module.weight.data)
+            weight, scales = per_channel_int8(module.weight.data)
             bias = None if module.bias is None else module.bias.data
             layer = int8_layer(
                 weight,
