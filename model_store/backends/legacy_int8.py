@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
-
 _MODULE = "torch.ao.nn.quantized.dynamic"
+# PyTorch warns at every quantized tensor it creates (each Linear, each load); hush knows, and falls back
+# where the API is gone (the README's quantization section), so this one warning is not repeated in logs.
+_QUANTIZED_TENSOR_WARNING = r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized"
 
 
 @functools.cache
@@ -69,10 +70,12 @@ def dynamic_linear(
 ) -> nn.Module:
     """A dynamic int8 Linear holding ``weight`` (int8, symmetric per output channel with ``scales``)."""
     out_features, in_features = weight.shape
-    layer: Any = dynamic_linear_kind(full_range=full_range)(
-        in_features, out_features, bias_=bias is not None, dtype=torch.qint8
-    )
-    zero_points = torch.zeros(out_features, dtype=torch.long)
-    qweight = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
-    layer.set_weight_bias(qweight, bias)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_QUANTIZED_TENSOR_WARNING, category=UserWarning)
+        layer: Any = dynamic_linear_kind(full_range=full_range)(
+            in_features, out_features, bias_=bias is not None, dtype=torch.qint8
+        )
+        zero_points = torch.zeros(out_features, dtype=torch.long)
+        qweight = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
+        layer.set_weight_bias(qweight, bias)
     return layer
