@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from model_store.settings import describe_validation_error
+
 logger = logging.getLogger(__name__)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -30,10 +32,8 @@ def serve(
     try:  # validated like the environment's values, before anything starts
         server = type(settings.server).model_validate({**settings.server.model_dump(), **overrides})
     except ValidationError as error:
-        problems = "; ".join(
-            f"--{'.'.join(map(str, p['loc']))} {p['input']!r}: {p['msg']}" for p in error.errors()
-        )
-        raise typer.BadParameter(problems) from None
+        options = describe_validation_error(error, lambda loc: "--" + ".".join(map(str, loc)), separator=" ")
+        raise typer.BadParameter(options) from None
     settings = settings.model_copy(update={"server": server})
     if settings.server.host not in _LOOPBACK and not settings.server.api_keys:
         logger.warning(

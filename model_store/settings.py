@@ -5,6 +5,7 @@ Only entry points build a :class:`HushSettings`; everything else receives the pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -196,11 +197,18 @@ class HushSettings(BaseSettings):
         return self.home / "eval"
 
 
+def describe_validation_error(
+    error: ValidationError, name_of: Callable[[tuple[int | str, ...]], str], separator: str = "="
+) -> str:
+    """A validation error as one line, each problem named by ``name_of(location)`` and followed by the
+    value given (``NAME=VALUE: message; ...``)."""
+    return "; ".join(
+        f"{name_of(tuple(problem['loc']))}{separator}{problem.get('input')!r}: {problem['msg']}"
+        for problem in error.errors()
+    )
+
+
 def describe_invalid_settings(error: ValidationError, prefix: str = "HUSH_") -> str:
     """A settings object's validation error as one line, each problem named by the environment
     variable that sets it (``HUSH_RUNTIME__THREADS='abc': Input should be a valid integer...``)."""
-    problems = []
-    for problem in error.errors():
-        name = prefix + "__".join(str(part) for part in problem["loc"]).upper()
-        problems.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
-    return "; ".join(problems)
+    return describe_validation_error(error, lambda loc: prefix + "__".join(map(str, loc)).upper())
