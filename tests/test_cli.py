@@ -85,6 +85,7 @@ JFK = str(DATA / "jfk.wav")
         (("compress", "distill", "t", "--id", "s", "--languages", "en", "--preset", "bogus"), {}, "preset"),
         (("compress", "distill", "t", "--id", "s", "--languages", "en", "--steps", "-1"), {}, "--steps"),
         (("store", "import", ""), {}, "is empty"),
+        (("data", "stats", "/nonexistent"), {}, "not a corpus"),
     ],
     ids=[
         "bad-env-int",
@@ -98,6 +99,7 @@ JFK = str(DATA / "jfk.wav")
         "bad-preset",
         "negative-steps",
         "empty-import-source",
+        "not-a-corpus",
     ],
 )
 def test_a_user_mistake_is_one_line_and_status_2(

@@ -18,7 +18,6 @@ import typer
 from compression.cli_options import comma_list
 from compression.data.build import DEFAULT_MAX_DEV, DEFAULT_MAX_TEST, BuildOptions, build
 from compression.data.corpus import CORPUS_FILE, Corpus
-from compression.data.errors import DataError
 from compression.data.report import format_summary
 from compression.data.system_deps import apt_install_command, debian_packages, missing_packages
 from model_store.settings import HushSettings
@@ -73,11 +72,7 @@ def build_command(
     # A plain SIGTERM would leave the worker processes behind: exit through Python's cleanup instead,
     # which stops handing out work and lets the running jobs finish their files.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        result = build(options)
-    except DataError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
+    result = build(options)  # a DataError ends the command as every hush error does (hush's main)
     info = json.loads((result.directory / CORPUS_FILE).read_text(encoding="utf-8"))
     typer.echo(format_summary(info, str(result.directory)))
     if result.left_out:
@@ -89,11 +84,7 @@ def stats_command(
     path: Annotated[Path, typer.Argument(help="A corpus directory (<out>/<corpus-id>)")],
 ) -> None:
     """Print the table of a built corpus from its corpus.json."""
-    try:
-        corpus = Corpus.open(path)
-    except DataError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
+    corpus = Corpus.open(path)
     typer.echo(format_summary(corpus.info, str(corpus.directory)))
 
 
