@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from app.language import language_name
-from model_store.transcription import FRAMES_PER_SECOND, Segment, Task, Transcription
+from model_store.transcription import Segment, Task, Transcription
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 Granularity = Literal["segment", "word"]
@@ -54,7 +54,7 @@ def _usage(transcription: Transcription) -> dict[str, Any]:
 def _segment(segment: Segment) -> dict[str, Any]:
     return {
         "id": segment.id,
-        "seek": round(segment.start * FRAMES_PER_SECOND),  # mel frame where the segment starts
+        "seek": segment.seek,  # mel frame where the segment's decoding window starts
         "start": segment.start,
         "end": segment.end,
         "text": segment.text,

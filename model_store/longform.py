@@ -301,6 +301,7 @@ def transcribe_mel(
                     no_speech_prob=output.no_speech_prob,
                     temperature=output.temperature,
                     words=words,
+                    seek=seek,
                 )
             )
         history.extend(output.tokens)

@@ -65,6 +65,7 @@ class Segment:
     no_speech_prob: float  # probability of the no-speech token at the window's start
     temperature: float  # the temperature the window was decoded at
     words: tuple[Word, ...] | None = None  # only with ``word_timestamps``
+    seek: int = 0  # mel frame (10 ms) where the 30 s window it was decoded in starts (OpenAI's ``seek``)
 
 
 @dataclass(frozen=True)

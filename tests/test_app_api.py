@@ -114,7 +114,7 @@ def test_verbose_json_with_detected_language(client: TestClient) -> None:
     segment = body["segments"][0]
     for key in ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob"):
         assert key in segment
-    assert segment["temperature"] == 0.0
+    assert segment["temperature"] == 0.0 and segment["seek"] == 0  # an 11 s clip: one window, at frame 0
     assert "compression_ratio" in segment and "no_speech_prob" in segment
     assert "words" not in body
     assert "detected by tiny-random" in response.headers["x-hush-route-reason"]

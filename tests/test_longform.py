@@ -113,6 +113,7 @@ def test_driver_keeps_timestamps_right_across_windows() -> None:
     )
     assert [(s.start, s.end) for s in segments] == [(0.0, 10.0), (10.0, 24.0), (24.0, 32.0), (32.0, 50.0)]
     assert [s.text for s in segments] == [" w11", " w12", " w21", " w22"]
+    assert [s.seek for s in segments] == [0, 0, 2400, 2400]  # each segment's window, in 10 ms frames
     # The first window is prompted by the initial prompt, the second by the first window's text.
     first_prompt, second_prompt = decoder.calls[0][2], decoder.calls[1][2]
     assert first_prompt[:3] == [TOKENS.start_of_prev, 7, 8]
