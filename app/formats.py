@@ -84,7 +84,8 @@ def to_verbose_json(
         body["segments"] = [_segment(segment) for segment in transcription.segments]
     if "word" in granularities:
         body["words"] = [
-            {"word": word.word, "start": word.start, "end": word.end, "probability": word.probability}
+            # OpenAI's words carry no surrounding space (Whisper's tokens begin with one)
+            {"word": word.word.strip(), "start": word.start, "end": word.end, "probability": word.probability}
             for segment in transcription.segments
             for word in segment.words or ()
         ]

@@ -141,7 +141,7 @@ def test_word_timestamps(stub_client: TestClient, field: str) -> None:
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [word["word"] for word in body["words"]] == [" hello", " world"]
+    assert [word["word"] for word in body["words"]] == ["hello", "world"]
     assert body["words"][0]["start"] == 0.0 and body["words"][0]["end"] == 0.4
     assert len(body["segments"]) == 1
 
@@ -206,7 +206,7 @@ def test_timestamps_and_subtitles() -> None:
 def test_verbose_json_shape() -> None:
     body = to_verbose_json(_transcription(), "transcribe", ["word"])
     assert body["language"] == "german"
-    assert body["words"] == [{"word": " Hi", "start": 3725.5, "end": 3726.0, "probability": 0.9}]
+    assert body["words"] == [{"word": "Hi", "start": 3725.5, "end": 3726.0, "probability": 0.9}]
     assert "segments" not in body
     assert json.loads(render(_transcription(), "json").body) == {
         "text": "Hello --> there Hi",

@@ -84,6 +84,6 @@ def test_json_translation_and_words_from_a_stub_server(tmp_path: Path) -> None:
             words = client.audio.transcriptions.create(
                 model="stub-a", file=audio, response_format="verbose_json", timestamp_granularities=["word"]
             )
-        assert [word.word for word in words.words or []] == [" hello", " world"]
+        assert [word.word for word in words.words or []] == ["hello", "world"]
         with JFK.open("rb") as audio:
             assert client.audio.translations.create(model="whisper-1", file=audio).text == "hello world"

@@ -58,7 +58,8 @@ def test_jfk_through_http(client: TestClient) -> None:
     assert cer(JFK_TEXT, body["text"]) <= MAX_CER, body["text"]
     assert body["segments"][-1]["end"] == pytest.approx(11.0, abs=1.0)
     words = body["words"]
-    assert cer(JFK_TEXT, "".join(word["word"] for word in words)) <= MAX_CER
+    assert all(word["word"] == word["word"].strip() for word in words)
+    assert cer(JFK_TEXT, " ".join(word["word"] for word in words)) <= MAX_CER
     starts = [word["start"] for word in words]
     assert starts == sorted(starts) and starts[0] >= 0 and words[-1]["end"] <= 11.1
     assert all(word["end"] >= word["start"] for word in words)
