@@ -118,11 +118,14 @@ class TranscriptionService:
         self.ab = ab if ab is not None else ABParts()
         self.background = background if background is not None else BackgroundWorkers(queue, workers=0)
 
+    def aliases(self) -> dict[str, str]:
+        """The model names that are not variant ids, and what each means here: ``auto`` or a variant id."""
+        return {WHISPER_1: self.options.default_model, AUTO_MODEL: AUTO_MODEL}
+
     def pinned_model(self, model: str | None) -> str | None:
         """The variant a request pins, or None to route; raises VariantNotFoundError for unknown ids."""
         name = (model or "").strip() or WHISPER_1
-        if name == WHISPER_1:
-            name = self.options.default_model
+        name = self.aliases().get(name, name)
         if name == AUTO_MODEL:
             return None
         self.pool.manifest(name)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from app.deps import LatencyDep, PoolDep, ServiceDep
 from app.pool import VariantPool
 from app.security import require_api_key
-from app.settings import AUTO_MODEL, WHISPER_1
+from app.service import TranscriptionService
 from model_store.manifest import EncoderAttention, Manifest, SizeTier
 from model_store.opener import numerics_label, runnable_here
 
@@ -65,12 +65,9 @@ class ModelListPublic(BaseModel):
     data: list[ModelPublic | ModelAliasPublic] = Field(description="The variants, then the aliases.")
 
 
-def model_aliases(default_model: str) -> dict[str, ModelAliasPublic]:
-    """The names a request's `model` accepts beside variant ids, and what each means on this server."""
-    return {
-        WHISPER_1: ModelAliasPublic(id=WHISPER_1, alias_of=default_model),
-        AUTO_MODEL: ModelAliasPublic(id=AUTO_MODEL, alias_of=AUTO_MODEL),
-    }
+def model_aliases(service: TranscriptionService) -> dict[str, ModelAliasPublic]:
+    """The names a request's `model` accepts beside variant ids, as the service reads them."""
+    return {name: ModelAliasPublic(id=name, alias_of=meaning) for name, meaning in service.aliases().items()}
 
 
 def model_public(manifest: Manifest, pool: VariantPool, observed: dict[str, float]) -> ModelPublic:
@@ -106,14 +103,14 @@ def list_models(pool: PoolDep, latency: LatencyDep, service: ServiceDep) -> Mode
     variants: list[ModelPublic | ModelAliasPublic] = [
         model_public(manifest, pool, observed) for manifest in manifests
     ]
-    return ModelListPublic(data=[*variants, *model_aliases(service.options.default_model).values()])
+    return ModelListPublic(data=[*variants, *model_aliases(service).values()])
 
 
 @router.get("/{model_id}", summary="One variant, or what an alias stands for")
 def retrieve_model(
     model_id: str, pool: PoolDep, latency: LatencyDep, service: ServiceDep
 ) -> ModelPublic | ModelAliasPublic:
-    alias = model_aliases(service.options.default_model).get(model_id)
+    alias = model_aliases(service).get(model_id)
     if alias is not None:
         return alias
     return model_public(pool.manifest(model_id), pool, latency.estimates())
