@@ -443,6 +443,8 @@ def test_without_the_legacy_kernels_int8_variants_load_as_float_linears(
         codes = tensors.get_tensor("model.decoder.layers.0.fc1.weight")
         scales = tensors.get_tensor("model.decoder.layers.0.fc1.weight_scale")
     assert torch.equal(fc1.weight, codes.float() * scales[:, None])  # the stored weights, exactly
+    embedding = model.get_input_embeddings().weight
+    assert embedding.data_ptr() == model.proj_out.weight.data_ptr()  # tied: one float copy, not two
     with torch.inference_mode():
         logits = model(input_features=features[None], decoder_input_ids=torch.tensor([prompt])).logits
     assert 0 < _relative_error(expected, logits[0, -1].numpy()) < 0.05

@@ -178,13 +178,18 @@ def _quantized_linear(
     return dequantized_linear(weight, scales, bias, dtype)
 
 
+def dequantize(weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``codes * scale`` per output channel, in ``dtype``."""
+    return weight.to(dtype) * scales.to(dtype)[:, None]
+
+
 def dequantized_linear(
     weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.float32
 ) -> nn.Linear:
     """A float Linear of the int8 weights times their scales (the fallback: no int8 kernel needed)."""
     out_features, in_features = weight.shape
     layer = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-    layer.weight = nn.Parameter((weight.float() * scales.float()[:, None]).to(dtype), requires_grad=False)
+    layer.weight = nn.Parameter(dequantize(weight, scales, dtype), requires_grad=False)
     if bias is not None:
         layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
     return layer
@@ -224,7 +229,9 @@ def load_int8(
             dtype=dtype,
         )
         if name == OUTPUT_PROJECTION and TIED_EMBEDDING not in state:
-            state[TIED_EMBEDDING] = weight.to(dtype) * scales.to(dtype)[:, None]
+            layer = layers[name]  # a float fallback Linear already holds the dequantized rows: share them
+            tied = layer.weight if type(layer) is nn.Linear else None
+            state[TIED_EMBEDDING] = tied if tied is not None else dequantize(weight, scales, dtype)
     floats = {name: tensor.to(dtype) for name, tensor in state.items()}
     model.load_state_dict(floats, strict=False, assign=True)
     for name, layer in layers.items():
