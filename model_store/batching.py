@@ -74,6 +74,33 @@ class BatchDecoder(Protocol):
         ...
 
 
+class RowScheduler(Protocol):
+    """Decodes windows in one running batch that they join and leave between steps
+    (:class:`~model_store.continuous_batching.ContinuousDecoder`)."""
+
+    def decode(
+        self,
+        encoded: Any,
+        prompt: list[int],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        with_timestamps: bool,
+        repetition_limit: float | None = None,
+    ) -> DecodeResult: ...
+
+    def observe(self, observer: Callable[[int, float], None] | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class StepsRows(Protocol):
+    """A backend whose decoder can step rows that start and end independently (continuous batching)."""
+
+    def continuous_decoder(self, name: str, max_batch: int, timeout_seconds: float) -> RowScheduler: ...
+
+
 @runtime_checkable
 class ObservesBatches(Protocol):
     """A transcriber that can report its batched engine calls (the server's metrics)."""
@@ -127,6 +154,9 @@ class BatchedDecoder:
         # Trimmed audio contexts give windows of several lengths: only equal shapes share a batch.
         self.accepts_short_windows: bool = bool(inner.accepts_short_windows)
         self.batches_decoding = isinstance(inner, BatchDecoder)
+        self._continuous: RowScheduler | None = None
+        if settings.decoder == "continuous" and isinstance(inner, StepsRows):
+            self._continuous = inner.continuous_decoder(name, settings.max_batch, settings.timeout_seconds)
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         self._observer: StageObserver | None = None
@@ -144,9 +174,17 @@ class BatchedDecoder:
     def max_batch(self) -> int:
         return self._batcher.max_batch
 
+    @property
+    def continuous(self) -> bool:
+        """Whether window decodes run in one continuously refilled batch."""
+        return self._continuous is not None
+
     def observe(self, observer: StageObserver | None) -> None:
-        """Report every engine call (batch size, wait) to ``observer`` (metrics)."""
+        """Report every engine call (batch size, wait) to ``observer`` (metrics); with continuous
+        decoding, every decoder step (the rows it ran, the longest wait of a row that joined)."""
         self._observer = observer
+        if self._continuous is not None:
+            self._continuous.observe(None if observer is None else self._observed_step)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -162,6 +200,8 @@ class BatchedDecoder:
 
     def close(self) -> None:
         self._batcher.close()
+        if self._continuous is not None:
+            self._continuous.close()
 
     # ---- LanguageDecoder ------------------------------------------------------------------------
 
@@ -191,6 +231,15 @@ class BatchedDecoder:
                 ),
             )
         check_prompt(self.tokens, prompt, with_timestamps)
+        if self._continuous is not None:
+            return self._continuous.decode(
+                encoded,
+                prompt,
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                with_timestamps=with_timestamps,
+                repetition_limit=repetition_limit,
+            )
         key = BatchKey(
             "decode",
             frames=_positions(encoded),
@@ -250,6 +299,10 @@ class BatchedDecoder:
             with_timestamps=key.with_timestamps,
             repetition_limits=[call.repetition_limit for call in calls],
         )
+
+    def _observed_step(self, size: int, waited: float) -> None:
+        if self._observer is not None:
+            self._observer("decode", size, waited)
 
     def _observed(self, key: BatchKey, size: int, waited: float) -> None:
         if self._observer is not None:

@@ -47,6 +47,12 @@ class BatchingSettings(BaseModel):
     timeout_seconds: float = Field(
         600.0, gt=0, description="Longest a caller waits for its batched call's result before giving up."
     )
+    decoder: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="How the decoder batches: 'continuous' keeps one running batch that windows join and "
+        "leave between steps (backends that can step rows: transformers; CTranslate2 stays static); "
+        "'static' merges compatible window decodes into one call that runs until its longest row ends.",
+    )
 
     def active(self, device: str) -> bool:
         """Whether calls on ``device`` (``cpu`` or ``cuda``) are batched."""

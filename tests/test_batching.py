@@ -40,8 +40,11 @@ PARENT = "tiny-random"
 CT2 = "tiny-random-ct2-int8"
 UNBATCHED = RuntimeSettings(device="cpu", threads=1, batching=BatchingSettings(mode="off"))
 # A long bound: the batches below form because every request is waiting, not because time ran out.
+# The static decoder batch (continuous batching: tests/test_continuous_batching.py).
 BATCHED = RuntimeSettings(
-    device="cpu", threads=1, batching=BatchingSettings(mode="on", max_batch=8, max_wait_ms=1000)
+    device="cpu",
+    threads=1,
+    batching=BatchingSettings(mode="on", max_batch=8, max_wait_ms=1000, decoder="static"),
 )
 # Random weights: one temperature and a short budget keep the decoding bounded.
 TEXT_ONLY = TranscribeOptions(language="en", temperatures=(0.0,), max_new_tokens=24, without_timestamps=True)
@@ -414,10 +417,14 @@ CUDA = pytest.param(
 @pytest.mark.real_model
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_real_int8_base_batched_equals_unbatched_on_dev_clips(
-    device: str, real_store: ModelStore, jfk_audio: Audio
+@pytest.mark.parametrize(
+    ("variant_id", "decoder"), [("whisper-base-ct2-int8", "static"), ("whisper-base", "continuous")]
+)
+def test_real_base_batched_equals_unbatched_on_dev_clips(
+    variant_id: str, decoder: str, device: str, real_store: ModelStore, jfk_audio: Audio
 ) -> None:
-    """On a GPU (int8_float16) this is the check that cuBLAS's batched kernels keep greedy output.
+    """CTranslate2 int8 with the static decoder batch, transformers with continuous batching. On a GPU
+    (int8_float16, float16) this is the check that the batched kernels keep greedy output.
     Four real dev clips (en, fr, de, es) where a corpus is built; four cuts of the JFK recording
     (real speech, English) on a fresh machine, so that CI runs it too."""
     from compression.data.corpus import Corpus, newest_corpus
@@ -440,13 +447,15 @@ def test_real_int8_base_batched_equals_unbatched_on_dev_clips(
         TranscribeOptions(language=language if index % 2 == 0 else None)
         for index, language in enumerate(languages)
     ]
-    variant_id = "whisper-base-ct2-int8"
     if not real_store.exists(variant_id):
         quantize_variant(real_store, "whisper-base", "ct2-int8")
     unbatched = UNBATCHED.model_copy(update={"device": device})
     with opened(real_store, variant_id, unbatched) as plain:
         alone = [plain.transcribe(clip, option) for clip, option in zip(clips, options, strict=True)]
-    with opened(real_store, variant_id, BATCHED.model_copy(update={"device": device})) as batched:
+    batching = BATCHED.batching.model_copy(update={"decoder": decoder})
+    with opened(
+        real_store, variant_id, BATCHED.model_copy(update={"device": device, "batching": batching})
+    ) as batched:
         sizes = recorded(batched)
         together = concurrently(batched, clips, options)
     assert_same_output(together, alone, tolerance=1e-5 if device == "cpu" else 1e-2)

@@ -65,6 +65,15 @@ def dynamic_linear_kind(*, full_range: bool) -> type[nn.Module]:
     return kind
 
 
+def quantizes_per_matrix(module: nn.Module) -> bool:
+    """Whether ``module`` is a dynamic int8 Linear: one activation scale for its whole input matrix, so
+    each row's output depends on the rows beside it (a batch is not its rows run one by one)."""
+    if not available():
+        return False
+    dynamic: Any = importlib.import_module(_MODULE)
+    return isinstance(module, dynamic.Linear)
+
+
 def dynamic_linear(
     weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, full_range: bool
 ) -> nn.Module:

@@ -16,8 +16,11 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from model_store.backends.bf16_attention import use_bf16_encoder_attention
 from model_store.backends.cache_keyword import cache_keyword
+from model_store.backends.decoder_rows import DecoderRows
+from model_store.backends.legacy_int8 import quantizes_per_matrix
 from model_store.backends.quantized_loading import load_model
 from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
+from model_store.continuous_batching import ContinuousDecoder
 from model_store.features import Mel
 from model_store.logit_rules import LogitRules
 from model_store.longform import is_looping
@@ -50,6 +53,13 @@ class TransformersWindowDecoder(TokenizerText):
         self.tokens = tokens
         self.device = device
         self.dtype = dtype
+        # dynamic int8 Linears quantize a whole batch with one scale: batched calls must not mix rows there
+        self._encoder_per_matrix = any(
+            quantizes_per_matrix(module) for module in model.model.encoder.modules()
+        )
+        self._decoder_per_matrix = any(
+            quantizes_per_matrix(module) for module in [*model.model.decoder.modules(), model.proj_out]
+        )
         self._cache_keyword = cache_keyword(model)  # "cache" in transformers 5, "past_key_values" in 4
         suppress = list(getattr(generation, "suppress_tokens", None) or [])
         begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
@@ -86,7 +96,12 @@ class TransformersWindowDecoder(TokenizerText):
 
     @torch.inference_mode()
     def encode_batch(self, windows: Sequence[Mel]) -> list[torch.Tensor]:
-        """One encoder pass over the stacked windows; each window's output is a (1, positions, width) view."""
+        """One encoder pass over the stacked windows; each window's output is a (1, positions, width) view.
+
+        Where the encoder has dynamic int8 Linears (one activation scale per input matrix), the windows
+        run one by one instead, so that each keeps the output it has alone."""
+        if self._encoder_per_matrix:  # one activation scale over every window would couple them
+            return [self.encode(one) for one in windows]
         batch = torch.as_tensor(np.stack(windows)).to(self.device, self.dtype)
         hidden = self.model.model.encoder(batch).last_hidden_state
         return [hidden[index : index + 1] for index in range(len(windows))]
@@ -178,11 +193,26 @@ class TransformersWindowDecoder(TokenizerText):
             input_ids = chosen
         return [(sampled[row], sums[row], no_speech[row]) for row in range(rows)]
 
+    def continuous_decoder(self, name: str, max_batch: int, timeout_seconds: float) -> ContinuousDecoder:
+        """A scheduler that decodes this model's windows in one running batch (continuous batching)."""
+        return ContinuousDecoder(
+            name,
+            DecoderRows(self.model, capacity=max_batch),
+            tokens=self.tokens,
+            rules=self._rules,
+            text=self.text,
+            timeout_seconds=timeout_seconds,
+            generator=torch.Generator().manual_seed(self._seed),
+        )
+
     @torch.inference_mode()
     def language_probabilities_batch(self, encoded: Sequence[torch.Tensor]) -> list[dict[str, float]]:
-        """``language_probabilities`` of each window, from one decoder pass."""
+        """``language_probabilities`` of each window, from one decoder pass (one per window where the
+        decoder has dynamic int8 Linears, as :meth:`encode_batch` does for the encoder)."""
         if not self.tokens.languages:
             return [{"en": 1.0} for _ in encoded]
+        if self._decoder_per_matrix and len(encoded) > 1:
+            return [self.language_probabilities_batch([one])[0] for one in encoded]
         logits = (
             self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=torch.cat(list(encoded))),

@@ -101,12 +101,17 @@ def load_clips(path: Path) -> list[Clip]:
 
 
 def runtime_on(
-    device: str, *, batching: str = "off", dtype: str = "float16", max_wait_ms: float = 5.0
+    device: str,
+    *,
+    batching: str = "off",
+    dtype: str = "float16",
+    max_wait_ms: float = 5.0,
+    decoder: str = "continuous",
 ) -> RuntimeSettings:
     return RuntimeSettings(
         device=device,
         cuda_dtype=dtype,
-        batching=BatchingSettings(mode=batching, max_batch=16, max_wait_ms=max_wait_ms),
+        batching=BatchingSettings(mode=batching, max_batch=16, max_wait_ms=max_wait_ms, decoder=decoder),
     )
 
 
@@ -191,15 +196,22 @@ def run_clients(transcriber: Transcriber, clips: Sequence[Clip], clients: int) -
 
 
 def batching(
-    store: ModelStore, variant_id: str, clips: Sequence[Clip], device: str, waits_ms: Sequence[float]
+    store: ModelStore,
+    variant_id: str,
+    clips: Sequence[Clip],
+    device: str,
+    waits_ms: Sequence[float],
+    decoders: Sequence[str] = ("static", "continuous"),
 ) -> list[dict[str, Any]]:
     """One caller unbatched (the reference output and speed), then 1, 4 and 16 callers batched with
-    each bound on the batcher's wait."""
+    each decoder batching and each bound on the batcher's wait. For the continuous decoder, "decode
+    calls" counts its steps and "mean decode batch" the rows a step ran."""
     audio_seconds = sum(clip.seconds for clip in clips)
     rows: list[dict[str, Any]] = []
     alone: list[str] = []
-    for mode, wait_ms in [("off", 0.0), *(("on", wait) for wait in waits_ms)]:
-        runtime = runtime_on(device, batching=mode, max_wait_ms=wait_ms)
+    plans = [("off", "static", 0.0), *(("on", decoder, wait) for decoder in decoders for wait in waits_ms)]
+    for mode, decoder, wait_ms in plans:
+        runtime = runtime_on(device, batching=mode, max_wait_ms=wait_ms, decoder=decoder)
         transcriber = open_variant(store, variant_id, runtime)
         try:
             transcriber.transcribe(clips[0].audio, clips[0].options)  # warm-up
@@ -215,7 +227,7 @@ def batching(
                 alone = alone or texts  # the first run: batching off, one caller
                 rows.append(
                     {
-                        "batching": mode if mode == "off" else f"on, wait {wait_ms:g} ms",
+                        "batching": mode if mode == "off" else f"on, {decoder}, wait {wait_ms:g} ms",
                         "clients": clients,
                         "seconds": round(seconds, 2),
                         "audio_s_per_s": round(audio_seconds / seconds, 1),
@@ -332,6 +344,7 @@ def run(arguments: argparse.Namespace) -> None:
             plan.append((variant_id, runtime_on(device)))
     batched = variant_id_for(arguments.parent, "fp16") if device == "cuda" else arguments.parent
     waits = [float(wait) for wait in arguments.max_wait_ms.split(",")]
+    decoders = arguments.decoders.split(",")
     batch_clips = [clips[index % len(clips)] for index in range(arguments.requests)]
     for variant_id, runtime in plan:
         if time_left() < arguments.reserve_s:
@@ -342,14 +355,14 @@ def run(arguments: argparse.Namespace) -> None:
         print(json.dumps({key: value for key, value in row.items() if key != "texts"}), flush=True)
         save()
         if variant_id == batched and not batches:  # batching right after its variant's row
-            batches = batching(store, batched, batch_clips, device, waits)
+            batches = batching(store, batched, batch_clips, device, waits, decoders)
             save()
     if arguments.step_bench:
         longest = max((clip for clip in clips if clip.seconds <= 30), key=lambda clip: clip.seconds)
         steps = step_times(store, batched, longest, device)
         out.with_name("steps.json").write_text(json.dumps(steps))
     if arguments.batching_only:
-        batches = batching(store, batched, batch_clips, device, waits)
+        batches = batching(store, batched, batch_clips, device, waits, decoders)
         save()
     print_tables(results, batches)
 
@@ -370,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench.add_argument("--batching-only", action="store_true", help="skip the per-variant rows")
     bench.add_argument(
         "--max-wait-ms", default="5", help="the batcher's bounds on waiting for company, comma-separated"
+    )
+    bench.add_argument(
+        "--decoders", default="static,continuous", help="decoder batchings to compare, comma-separated"
     )
     bench.add_argument(
         "--step-bench", action="store_true", help="time decoding steps at batch sizes 1, 4, 16"
