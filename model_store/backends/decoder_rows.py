@@ -163,13 +163,7 @@ class DecoderRows(Generic[Owner]):
             query, keys, values = self._projections(layer.self_attn, layer.self_attn_layer_norm(hidden))
             slots.self_keys[index, row_index, :, positions] = keys[:, :, 0]
             slots.self_values[index, row_index, :, positions] = values[:, :, 0]
-            attended = functional.scaled_dot_product_attention(
-                query,
-                slots.self_keys[index, :rows, :, :span],
-                slots.self_values[index, :rows, :, :span],
-                attn_mask=visible,
-                scale=1.0,
-            )
+            attended = self._self_attention(query, slots, index, span, visible)
             hidden = hidden + self._output(layer.self_attn, attended)
             hidden = hidden + self._cross(
                 layer, hidden, slots.cross_keys[index, :rows], slots.cross_values[index, :rows]
@@ -222,6 +216,30 @@ class DecoderRows(Generic[Owner]):
     def _output(self, attention: Any, attended: torch.Tensor) -> torch.Tensor:
         batch, _, length, _ = attended.shape
         return self._run(attention.out_proj, attended.transpose(1, 2).reshape(batch, length, -1))
+
+    def _self_attention(
+        self, query: torch.Tensor, slots: _Slots, layer: int, span: int, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """Each row's query over its own keys: one masked product for all rows, or (where the model has
+        row-coupling Linears, whose int8 rounding would magnify the float rounding of another shape)
+        one unmasked product per row over exactly its positions, as its lone decode computes it."""
+        rows = query.shape[0]
+        keys, values = slots.self_keys[layer], slots.self_values[layer]
+        if not self._per_matrix or rows == 1:
+            return functional.scaled_dot_product_attention(
+                query, keys[:rows, :, :span], values[:rows, :, :span], attn_mask=visible, scale=1.0
+            )
+        return torch.cat(
+            [
+                functional.scaled_dot_product_attention(
+                    query[row : row + 1],
+                    keys[row : row + 1, :, : self._lengths[row] + 1],
+                    values[row : row + 1, :, : self._lengths[row] + 1],
+                    scale=1.0,
+                )
+                for row in range(rows)
+            ]
+        )
 
     def _cross(
         self, layer: Any, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor

@@ -141,10 +141,23 @@ class TransformersWindowDecoder(TokenizerText):
 
         The prompts must have one length (the batcher groups them so); a window that has ended keeps
         its row until every window has, and its result is not touched after its end. One decoding
-        loop serves both: ``decode`` is a batch of one.
+        loop serves both: ``decode`` is a batch of one. Where the decoder has dynamic int8 Linears
+        (one activation scale per input matrix), the windows are decoded one after the other.
         """
         if len({len(prompt) for prompt in prompts}) > 1:
             raise ValueError("a batched decode needs prompts of one length")
+        if self._decoder_per_matrix and len(prompts) > 1:  # dynamic int8 would mix the rows' scales
+            return [
+                self.decode_batch(
+                    [one],
+                    [prompt],
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    with_timestamps=with_timestamps,
+                    repetition_limits=[limit],
+                )[0]
+                for one, prompt, limit in zip(encoded, prompts, repetition_limits, strict=True)
+            ]
         rules = self._rules[with_timestamps]
         rows = len(prompts)
         encoder_outputs = BaseModelOutput(last_hidden_state=torch.cat(list(encoded)))
