@@ -11,6 +11,10 @@ between the driver and the backend's decoder and sends those calls through one
   token at the same index, and takes its decoding options per call);
 * language detection: encoder outputs of one length.
 
+With ``decoder = "continuous"`` and a backend that can step rows (:class:`StepsRows`: transformers),
+decodes skip those groups and join one running batch between decoder steps instead
+(:mod:`model_store.continuous_batching`).
+
 A call that has no compatible company runs alone, after at most ``max_wait_ms`` (and at once when
 every request in flight on the variant is already waiting). The backend opts in per stage by providing
 ``encode_batch`` (:class:`BatchEncoder`) and ``decode_batch`` + ``language_probabilities_batch``
