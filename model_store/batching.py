@@ -222,10 +222,14 @@ class BatchedDecoder:
         with_timestamps: bool,
         repetition_limit: float | None = None,
     ) -> DecodeResult:
-        if not self.batches_decoding:
+        if self.batches_decoding:
+            check_prompt(self.tokens, prompt, with_timestamps)
+        if not self.batches_decoding or self._continuous is not None:
+            # unbatched, or the running batch of the continuous decoder: both decode one window per call
+            engine = self._continuous or self.inner
             return cast(
                 DecodeResult,
-                self.inner.decode(
+                engine.decode(
                     encoded,
                     prompt,
                     temperature=temperature,
@@ -233,16 +237,6 @@ class BatchedDecoder:
                     with_timestamps=with_timestamps,
                     repetition_limit=repetition_limit,
                 ),
-            )
-        check_prompt(self.tokens, prompt, with_timestamps)
-        if self._continuous is not None:
-            return self._continuous.decode(
-                encoded,
-                prompt,
-                temperature=temperature,
-                max_new_tokens=max_new_tokens,
-                with_timestamps=with_timestamps,
-                repetition_limit=repetition_limit,
             )
         key = BatchKey(
             "decode",
