@@ -171,3 +171,10 @@ def test_experts_command_resumes_refuses_and_restarts(
     assert code == 0, output
     assert int(load_checkpoint(run_dir)["step"]) == 4  # type: ignore[index]
     assert store.get("tiny-x").recipe.args["resumed_from_step"] == 0
+
+    # the gate budget is part of the plan, and recorded with the training options
+    code, output = invoke("--steps", "4", "--replace", "--gate-budget", "0.9")
+    assert code == 2 and "training.gate_budget" in output
+    code, output = invoke("--steps", "4", "--replace", "--gate-budget", "1.5")
+    assert code == 2 and "--gate-budget" in output
+    assert store.get("tiny-x").recipe.args["training"]["gate_budget"] == 0.5

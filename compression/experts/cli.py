@@ -42,6 +42,12 @@ def experts_command(
     per_language: Annotated[
         int | None, typer.Option(min=1, help="Train on a seeded sample of N utterances per language.")
     ] = None,
+    gate_budget: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Target mean gate opening in training (DistilWhisper: 0.5); CLSR only."
+        ),
+    ] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     corpus: Annotated[Path | None, typer.Option(help="Corpus directory; default the one built.")] = None,
     variant_id: Annotated[str | None, typer.Option("--id", help="Id of the new variant.")] = None,
@@ -79,7 +85,9 @@ def experts_command(
         method=cast(Method, method),
         teacher=teacher,
         spec=spec,
-        training=TrainingConfig(steps=steps, batch_size=batch_size, learning_rate=lr, seed=seed),
+        training=TrainingConfig(
+            steps=steps, batch_size=batch_size, learning_rate=lr, seed=seed, gate_budget=gate_budget
+        ),
         max_per_language=per_language,
         variant_id=variant_id,
     )
