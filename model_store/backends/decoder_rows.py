@@ -156,9 +156,8 @@ class DecoderRows(Generic[Owner]):
         span = max(self._lengths) + 1
         visible = (torch.arange(span, device=device) <= positions.unsqueeze(1)).view(rows, 1, 1, span)
         row_index = torch.arange(rows, device=device)
-        hidden = self._decoder.embed_tokens(ids) + self._decoder.embed_positions.weight[positions].unsqueeze(
-            1
-        )
+        position_embeddings = self._decoder.embed_positions.weight[positions].unsqueeze(1)
+        hidden = self._decoder.embed_tokens(ids) + position_embeddings
         for index, layer in enumerate(self._decoder.layers):
             query, keys, values = self._projections(layer.self_attn, layer.self_attn_layer_norm(hidden))
             slots.self_keys[index, row_index, :, positions] = keys[:, :, 0]
