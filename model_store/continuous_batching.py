@@ -107,6 +107,12 @@ class ContinuousDecoder:
     def max_batch(self) -> int:
         return self._rows.capacity
 
+    @property
+    def waiting(self) -> int:
+        """Windows submitted and not yet admitted to the running batch."""
+        with self._condition:
+            return len(self._waiting)
+
     def observe(self, observer: StepObserver | None) -> None:
         """Report every iteration (rows, longest admission wait) to ``observer`` (metrics)."""
         self.observer = observer
