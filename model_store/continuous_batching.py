@@ -98,8 +98,7 @@ class ContinuousDecoder:
         self._generator = generator or torch.Generator().manual_seed(0)
         self._clock = clock
         self._condition = threading.Condition()
-        self._waiting: list[_Row] = []
-        self._running: list[_Row] = []  # what the scheduler thread holds in ``rows``
+        self._waiting: list[_Row] = []  # submitted, not yet admitted; the running rows are ``rows.owners``
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -181,54 +180,53 @@ class ContinuousDecoder:
                     self._iterate()
                 except Exception as error:  # the rows of this iteration get it; the thread goes on
                     logger.warning(
-                        "continuous %s decode failed for %d rows: %s", self.name, len(self._running), error
+                        "continuous %s decode failed for %d rows: %s", self.name, len(self._rows), error
                     )
-                    _fail(self._running, error)
-                    self._running = []
+                    _fail(self._rows.owners, error)
                     self._rows.clear()
         finally:
             with self._condition:
                 self._closed = True
                 dropped, self._waiting = self._waiting, []
-            _fail([*dropped, *self._running], BatcherClosedError(f"the {self.name} decoder stopped"))
-            self._running = []
+            _fail([*dropped, *self._rows.owners], BatcherClosedError(f"the {self.name} decoder stopped"))
             self._rows.clear()
 
     def _wait_for_work(self) -> bool:
         with self._condition:
-            while not self._waiting and not self._running and not self._closed:
+            while not self._waiting and not len(self._rows) and not self._closed:
                 self._condition.wait()
             return not self._closed
 
     def _iterate(self) -> None:
         self._drop_abandoned()
         logits: list[torch.Tensor] = []
-        if self._running:
-            logits.append(self._rows.step([row.next_token for row in self._running]))
+        if len(self._rows):
+            logits.append(self._rows.step([row.next_token for row in self._rows.owners]))
         joined, waited = self._admit()
-        self._running = [*self._running, *joined]  # so that an engine error reaches them too
-        for row in joined:
-            prompt_logits = self._rows.admit(row, row.request.encoded, row.request.prompt)
-            sot_index = row.request.prompt.index(self._tokens.sot)
-            row.no_speech = float(
-                torch.softmax(prompt_logits[sot_index].float(), dim=-1)[self._tokens.no_speech]
-            )
-            logits.append(prompt_logits[-1:])
-        self._running = self._rows.owners
-        if not self._running:
+        try:
+            for row in joined:
+                prompt_logits = self._rows.admit(row, row.request.encoded, row.request.prompt)
+                sot_index = row.request.prompt.index(self._tokens.sot)
+                row.no_speech = float(
+                    torch.softmax(prompt_logits[sot_index].float(), dim=-1)[self._tokens.no_speech]
+                )
+                logits.append(prompt_logits[-1:])
+        except Exception as error:  # rows taken from the queue but not yet admitted fail too
+            _fail(joined, error)
+            raise
+        if not len(self._rows):
             return
         self._pick(torch.cat(logits).float())
         if self.observer is not None:
             try:
-                self.observer(len(self._running), waited)
+                self.observer(len(self._rows), waited)
             except Exception:
                 logger.exception("the %s step observer failed", self.name)
         self._finish()
 
     def _drop_abandoned(self) -> None:
-        for row in [row for row in self._running if row.abandoned]:
+        for row in [row for row in self._rows.owners if row.abandoned]:
             self._rows.release(row)
-        self._running = self._rows.owners
 
     def _admit(self) -> tuple[list[_Row], float]:
         joined: list[_Row] = []
@@ -236,7 +234,7 @@ class ContinuousDecoder:
         now = self._clock()
         with self._condition:
             for row in list(self._waiting):
-                room = len(self._running) + len(joined) < self._rows.capacity
+                room = len(self._rows) + len(joined) < self._rows.capacity
                 if not room:
                     break
                 if not self._fits(row, joined):
@@ -249,12 +247,12 @@ class ContinuousDecoder:
 
     def _fits(self, row: _Row, joined: list[_Row]) -> bool:
         """Same encoder positions as the batch it joins (the rows running, else the first joining)."""
-        reference = (self._running or joined or [row])[0].request.encoded
+        reference = (self._rows.owners or joined or [row])[0].request.encoded
         return bool(reference.shape[1] == row.request.encoded.shape[1])
 
     def _pick(self, logits: torch.Tensor) -> None:
-        """Each running row's next token from its logits row (in ``self._running``'s order)."""
-        rows = self._running
+        """Each running row's next token from its logits row (in ``rows.owners``' order)."""
+        rows = self._rows.owners
         sampled = [row.sampled for row in rows]
         for with_timestamps, rules in self._rules.items():
             members = [
@@ -283,7 +281,7 @@ class ContinuousDecoder:
                 row.sampled.append(row.next_token)
 
     def _finish(self) -> None:
-        for row in list(self._running):
+        for row in self._rows.owners:
             request = row.request
             ended = (
                 row.next_token == self._tokens.eot
@@ -297,7 +295,6 @@ class ContinuousDecoder:
             if ended:
                 self._rows.release(row)
                 row.future.set_result((row.sampled, row.log_probability, row.no_speech))
-        self._running = self._rows.owners
 
 
 def _fail(rows: list[_Row], error: BaseException) -> None:

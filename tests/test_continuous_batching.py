@@ -205,21 +205,23 @@ def test_a_window_that_arrives_joins_the_running_batch_and_both_keep_their_lone_
         assert no_speech == pytest.approx(no_speech_alone, abs=1e-6)
 
 
+@pytest.mark.parametrize("stage", ["step", "admit"])
 def test_an_engine_error_reaches_the_rows_and_the_scheduler_goes_on(
-    opened: TransformersTranscriber, windows: list[torch.Tensor]
+    stage: str, opened: TransformersTranscriber, windows: list[torch.Tensor]
 ) -> None:
+    """A failing step fails the running rows; a failing prompt pass, the window being admitted."""
     decoder = opened._decoder
     continuous = scheduler(decoder)
     rows = continuous._rows
-    engine_step = rows.step
+    engine_call = getattr(rows, stage)
     failures = iter([True])
 
-    def failing_once(tokens: list[int]) -> torch.Tensor:
+    def failing_once(*arguments: object) -> torch.Tensor:
         if next(failures, False):
             raise RuntimeError("device lost")
-        return engine_step(tokens)
+        return engine_call(*arguments)  # type: ignore[no-any-return]
 
-    rows.step = failing_once  # type: ignore[method-assign]
+    setattr(rows, stage, failing_once)
     try:
         with pytest.raises(RuntimeError, match="device lost"):
             continuous.decode(windows[0], prompt(decoder), max_new_tokens=10, **GREEDY)

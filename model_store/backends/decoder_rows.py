@@ -96,7 +96,8 @@ class DecoderRows(Generic[Owner]):
         self._lengths: list[int] = []  # positions written in each slot
         self._slots: _Slots | None = None
         # Linears that quantize their whole input at once: a step runs them one row at a time
-        self._per_matrix = {id(module) for module in model.modules() if quantizes_per_matrix(module)}
+        decoding = [*model.model.decoder.modules(), model.proj_out]  # the encoder never runs here
+        self._per_matrix = {id(module) for module in decoding if quantizes_per_matrix(module)}
 
     @property
     def owners(self) -> list[Owner]:
