@@ -38,13 +38,12 @@ from model_store.micro_batcher import MicroBatcher
 from model_store.settings import BatchingSettings
 from model_store.transcription import Word
 from model_store.whisper_tokens import SpecialTokens
+from model_store.window_decoding import DecodeResult, WindowDecoding
 
 Stage = Literal["encode", "decode", "detect"]
 STAGES: tuple[Stage, ...] = ("encode", "decode", "detect")
 StageObserver = Callable[[Stage, int, float], None]
 """Called after each engine call with its stage, batch size and the wait of its oldest call (seconds)."""
-
-DecodeResult = tuple[list[int], float, float]  # tokens, summed log-probability, no-speech probability
 
 
 @runtime_checkable
@@ -61,16 +60,10 @@ class BatchDecoder(Protocol):
     """A backend that decodes several windows with prompts of one length in one call."""
 
     def decode_batch(
-        self,
-        encoded: Sequence[Any],
-        prompts: Sequence[list[int]],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limits: Sequence[float | None],
+        self, encoded: Sequence[Any], prompts: Sequence[list[int]], decodings: Sequence[WindowDecoding]
     ) -> list[DecodeResult]:
-        """What ``decode`` returns for each (encoded, prompt), computed in one engine call."""
+        """What ``decode`` returns for each (encoded, prompt, decoding), computed in one engine call;
+        the decodings must step together (:func:`~model_store.window_decoding.shared_decoding`)."""
         ...
 
     def language_probabilities_batch(self, encoded: Sequence[Any]) -> list[dict[str, float]]:
@@ -82,16 +75,7 @@ class RowScheduler(Protocol):
     """Decodes windows in one running batch that they join and leave between steps
     (:class:`~model_store.continuous_batching.ContinuousDecoder`)."""
 
-    def decode(
-        self,
-        encoded: Any,
-        prompt: list[int],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limit: float | None = None,
-    ) -> DecodeResult: ...
+    def decode(self, encoded: Any, prompt: list[int], decoding: WindowDecoding) -> DecodeResult: ...
 
     def observe(self, observer: Callable[[int, float], None] | None) -> None: ...
 
@@ -140,7 +124,7 @@ class BatchKey:
 class _DecodeItem:
     encoded: Any
     prompt: list[int]
-    repetition_limit: float | None
+    decoding: WindowDecoding
 
 
 class BatchedDecoder:
@@ -212,42 +196,23 @@ class BatchedDecoder:
     def encode(self, features: Mel) -> Any:
         return self._batcher.submit(BatchKey("encode", frames=int(features.shape[-1])), features)
 
-    def decode(
-        self,
-        encoded: Any,
-        prompt: list[int],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limit: float | None = None,
-    ) -> DecodeResult:
+    def decode(self, encoded: Any, prompt: list[int], decoding: WindowDecoding) -> DecodeResult:
         if self.batches_decoding:
-            check_prompt(self.tokens, prompt, with_timestamps)
+            check_prompt(self.tokens, prompt, decoding.with_timestamps)
         if not self.batches_decoding or self._continuous is not None:
             # unbatched, or the running batch of the continuous decoder: both decode one window per call
             engine = self._continuous or self.inner
-            return cast(
-                DecodeResult,
-                engine.decode(
-                    encoded,
-                    prompt,
-                    temperature=temperature,
-                    max_new_tokens=max_new_tokens,
-                    with_timestamps=with_timestamps,
-                    repetition_limit=repetition_limit,
-                ),
-            )
+            return cast(DecodeResult, engine.decode(encoded, prompt, decoding))
         key = BatchKey(
             "decode",
             frames=_positions(encoded),
             prompt_length=len(prompt),
             sot_index=prompt.index(self.tokens.sot),
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            with_timestamps=with_timestamps,
+            temperature=decoding.temperature,
+            max_new_tokens=decoding.max_new_tokens,
+            with_timestamps=decoding.with_timestamps,
         )
-        return cast(DecodeResult, self._batcher.submit(key, _DecodeItem(encoded, prompt, repetition_limit)))
+        return cast(DecodeResult, self._batcher.submit(key, _DecodeItem(encoded, prompt, decoding)))
 
     def language_probabilities(self, encoded: Any) -> dict[str, float]:
         if not self.batches_decoding or not self.tokens.languages:
@@ -292,10 +257,7 @@ class BatchedDecoder:
         return decoder.decode_batch(
             [call.encoded for call in calls],
             [call.prompt for call in calls],
-            temperature=key.temperature,
-            max_new_tokens=key.max_new_tokens,
-            with_timestamps=key.with_timestamps,
-            repetition_limits=[call.repetition_limit for call in calls],
+            [call.decoding for call in calls],
         )
 
     def _observed_step(self, size: int, waited: float) -> None:

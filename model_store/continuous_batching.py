@@ -36,10 +36,10 @@ from model_store.logit_rules import LogitRules
 from model_store.longform import is_looping
 from model_store.micro_batcher import BatcherClosedError, BatchTimeoutError
 from model_store.whisper_tokens import SpecialTokens
+from model_store.window_decoding import DecodeResult, WindowDecoding
 
 logger = logging.getLogger(__name__)
 
-DecodeResult = tuple[list[int], float, float]  # tokens, summed log-probability, no-speech probability
 StepObserver = Callable[[int, float], None]
 """Called after each iteration with the rows it stepped or admitted and the longest wait of a row
 admitted in it (seconds, 0 when none joined)."""
@@ -51,10 +51,7 @@ class WindowRequest:
 
     encoded: torch.Tensor
     prompt: list[int]
-    temperature: float
-    max_new_tokens: int
-    with_timestamps: bool
-    repetition_limit: float | None
+    decoding: WindowDecoding
 
 
 @dataclass(eq=False)
@@ -116,20 +113,9 @@ class ContinuousDecoder:
         """Report every iteration (rows, longest admission wait) to ``observer`` (metrics)."""
         self.observer = observer
 
-    def decode(
-        self,
-        encoded: torch.Tensor,
-        prompt: list[int],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limit: float | None = None,
-    ) -> DecodeResult:
+    def decode(self, encoded: torch.Tensor, prompt: list[int], decoding: WindowDecoding) -> DecodeResult:
         """What a window decoder's ``decode`` returns, computed in the running batch."""
-        return self.submit(
-            WindowRequest(encoded, prompt, temperature, max_new_tokens, with_timestamps, repetition_limit)
-        )
+        return self.submit(WindowRequest(encoded, prompt, decoding))
 
     def submit(self, request: WindowRequest) -> DecodeResult:
         """Decode ``request`` in the running batch; blocks until its tokens are back."""
@@ -256,7 +242,9 @@ class ContinuousDecoder:
         sampled = [row.sampled for row in rows]
         for with_timestamps, rules in self._rules.items():
             members = [
-                index for index, row in enumerate(rows) if row.request.with_timestamps == with_timestamps
+                index
+                for index, row in enumerate(rows)
+                if row.request.decoding.with_timestamps == with_timestamps
             ]
             if len(members) == len(rows):
                 rules.apply_rows(logits, sampled)
@@ -265,7 +253,7 @@ class ContinuousDecoder:
                 logits[index] = rules.apply_rows(logits[index], [sampled[member] for member in members])
         log_probs = torch.log_softmax(logits, dim=-1)
         chosen = logits.argmax(dim=-1, keepdim=True)
-        temperatures = [row.request.temperature for row in rows]
+        temperatures = [row.request.decoding.temperature for row in rows]
         hot = [index for index, temperature in enumerate(temperatures) if temperature > 0]
         if hot:
             index = torch.tensor(hot, device=logits.device)
@@ -282,15 +270,15 @@ class ContinuousDecoder:
 
     def _finish(self) -> None:
         for row in self._rows.owners:
-            request = row.request
+            decoding = row.request.decoding
             ended = (
                 row.next_token == self._tokens.eot
-                or row.picks >= request.max_new_tokens
+                or row.picks >= decoding.max_new_tokens
                 or (
-                    request.repetition_limit is not None
-                    and is_looping(row.sampled, self._text, request.repetition_limit)
+                    decoding.repetition_limit is not None
+                    and is_looping(row.sampled, self._text, decoding.repetition_limit)
                 )
-                or len(request.prompt) + row.picks > self._rows.max_positions  # no position left
+                or len(row.request.prompt) + row.picks > self._rows.max_positions  # no position left
             )
             if ended:
                 self._rows.release(row)

@@ -24,6 +24,7 @@ from model_store.transcription import (
     Word,
 )
 from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens
+from model_store.window_decoding import DecodeResult, WindowDecoding
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +93,8 @@ class WindowDecoder(Protocol):
         """Encoder output for (n_mels, 3000) features."""
         ...
 
-    def decode(
-        self,
-        encoded: Any,
-        prompt: list[int],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limit: float | None = None,
-    ) -> tuple[list[int], float, float]:
-        """Sampled tokens (without end-of-text), their summed log-probability, no-speech probability.
-
-        With ``repetition_limit``, a backend may stop early once the text's compression ratio exceeds it
-        (a hallucination loop, which the fallback would reject anyway).
-        """
+    def decode(self, encoded: Any, prompt: list[int], decoding: WindowDecoding) -> DecodeResult:
+        """The window's tokens after ``prompt``, decoded as ``decoding`` says."""
         ...
 
     def text(self, tokens: list[int]) -> str:
@@ -149,14 +137,13 @@ def _decode_with_fallback(
 ) -> WindowOutput:
     output: WindowOutput | None = None
     for temperature in options.temperatures:
-        tokens, sum_logprob, no_speech_prob = decoder.decode(
-            encoded,
-            prompt,
+        decoding = WindowDecoding(
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             with_timestamps=not options.without_timestamps,
             repetition_limit=options.compression_ratio_threshold,
         )
+        tokens, sum_logprob, no_speech_prob = decoder.decode(encoded, prompt, decoding)
         output = WindowOutput(tokens, sum_logprob, no_speech_prob, temperature, decoder.text(tokens))
         if not _needs_fallback(output, options):
             break

@@ -33,6 +33,7 @@ from model_store.opener import open_variant
 from model_store.settings import BatchingSettings, HushSettings, RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcriber, Transcription
+from model_store.window_decoding import WindowDecoding
 from tests.app_support import live_server, server_settings, wait_until, wav_bytes
 from tests.factories import publish_tiny_variant
 
@@ -362,12 +363,14 @@ def test_transformers_rows_that_end_early_keep_their_lone_output(
         prompt = [tokens.sot, tokens.languages["en"], tokens.transcribe, tokens.no_timestamps]
         # A limit of 0.1 counts any text as a loop at the first check (48 tokens); None never stops.
         limits: list[float | None] = [None, 0.1, None]
-        options = {"temperature": 0.0, "max_new_tokens": 64, "with_timestamps": False}
-        alone = [
-            decoder.decode(one, prompt, repetition_limit=limit, **options)
-            for one, limit in zip(encoded, limits, strict=True)
+        decodings = [
+            WindowDecoding(temperature=0.0, max_new_tokens=64, with_timestamps=False, repetition_limit=limit)
+            for limit in limits
         ]
-        together = decoder.decode_batch(encoded, [prompt] * 3, repetition_limits=limits, **options)
+        alone = [
+            decoder.decode(one, prompt, decoding) for one, decoding in zip(encoded, decodings, strict=True)
+        ]
+        together = decoder.decode_batch(encoded, [prompt] * 3, decodings)
     assert [tokens for tokens, _, _ in together] == [tokens for tokens, _, _ in alone]
     assert len(alone[1][0]) < len(alone[0][0])  # the cut row really ended first
     for (_, summed, no_speech), (_, summed_alone, no_speech_alone) in zip(together, alone, strict=True):

@@ -31,13 +31,17 @@ from model_store.opener import open_variant
 from model_store.settings import BatchingSettings, RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcription
+from model_store.window_decoding import WindowDecoding
 from tests.factories import store_with_tiny_variants, tiny_random_whisper
 
 UNBATCHED = RuntimeSettings(device="cpu", threads=1, batching=BatchingSettings(mode="off"))
 CONTINUOUS = RuntimeSettings(
     device="cpu", threads=1, batching=BatchingSettings(mode="on", max_batch=8, decoder="continuous")
 )
-GREEDY = {"temperature": 0.0, "with_timestamps": False, "repetition_limit": None}
+
+
+def greedy(max_new_tokens: int, *, with_timestamps: bool = False) -> WindowDecoding:
+    return WindowDecoding(temperature=0.0, max_new_tokens=max_new_tokens, with_timestamps=with_timestamps)
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +173,8 @@ def test_a_window_that_arrives_joins_the_running_batch_and_both_keep_their_lone_
     decoder = opened._decoder
     long, short = prompt(decoder), prompt(decoder, timestamps=True, previous=[440, 441, 442])
     alone = [
-        decoder.decode(windows[0], long, max_new_tokens=40, **GREEDY),
-        decoder.decode(windows[1], short, max_new_tokens=12, **{**GREEDY, "with_timestamps": True}),
+        decoder.decode(windows[0], long, greedy(40)),
+        decoder.decode(windows[1], short, greedy(12, with_timestamps=True)),
     ]
     assert len(alone[0][0]) > 8  # the first row outlives the moment the second one arrives
     sizes: list[int] = []
@@ -188,11 +192,9 @@ def test_a_window_that_arrives_joins_the_running_batch_and_both_keep_their_lone_
     continuous.observe(observe)
     try:
         with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(continuous.decode, windows[0], long, max_new_tokens=40, **GREEDY)
+            first = pool.submit(continuous.decode, windows[0], long, greedy(40))
             assert third_step.wait(30)
-            second = pool.submit(
-                continuous.decode, windows[1], short, max_new_tokens=12, **{**GREEDY, "with_timestamps": True}
-            )
+            second = pool.submit(continuous.decode, windows[1], short, greedy(12, with_timestamps=True))
             together = [first.result(60), second.result(60)]
     finally:
         continuous.close()
@@ -224,11 +226,11 @@ def test_an_engine_error_reaches_the_rows_and_the_scheduler_goes_on(
     setattr(rows, stage, failing_once)
     try:
         with pytest.raises(RuntimeError, match="device lost"):
-            continuous.decode(windows[0], prompt(decoder), max_new_tokens=10, **GREEDY)
-        again = continuous.decode(windows[0], prompt(decoder), max_new_tokens=10, **GREEDY)
+            continuous.decode(windows[0], prompt(decoder), greedy(10))
+        again = continuous.decode(windows[0], prompt(decoder), greedy(10))
     finally:
         continuous.close()
-    assert again == decoder.decode(windows[0], prompt(decoder), max_new_tokens=10, **GREEDY)
+    assert again == decoder.decode(windows[0], prompt(decoder), greedy(10))
 
 
 def test_closing_fails_new_windows_and_a_late_caller_times_out(
@@ -238,13 +240,13 @@ def test_closing_fails_new_windows_and_a_late_caller_times_out(
     impatient = scheduler(decoder, timeout=1e-4)
     try:
         with pytest.raises(BatchTimeoutError):
-            impatient.decode(windows[0], prompt(decoder), max_new_tokens=200, **GREEDY)
+            impatient.decode(windows[0], prompt(decoder), greedy(200))
     finally:
         impatient.close()
     closed = scheduler(decoder)
     closed.close()
     with pytest.raises(BatcherClosedError):
-        closed.decode(windows[0], prompt(decoder), max_new_tokens=4, **GREEDY)
+        closed.decode(windows[0], prompt(decoder), greedy(4))
 
 
 # ---- through the transcriber ----------------------------------------------------------------------

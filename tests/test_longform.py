@@ -13,6 +13,7 @@ from model_store.opener import open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import CHUNK_FRAMES, Audio, TranscribeOptions
+from model_store.window_decoding import WindowDecoding
 from tests.factories import multilingual_special_tokens
 
 TOKENS = multilingual_special_tokens({"en": 50259})
@@ -74,18 +75,11 @@ class ScriptedDecoder:
         return self.windows - 1
 
     def decode(
-        self,
-        encoded: Any,
-        prompt: list[int],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limit: float | None = None,
+        self, encoded: Any, prompt: list[int], decoding: WindowDecoding
     ) -> tuple[list[int], float, float]:
         attempts = self.scripts[encoded]
         attempt = min(len(self.calls_for(encoded)), len(attempts) - 1)
-        self.calls.append((encoded, temperature, prompt))
+        self.calls.append((encoded, decoding.temperature, prompt))
         tokens, logprob = attempts[attempt]
         return tokens, logprob, 0.01
 

@@ -19,6 +19,7 @@ from model_store.scoring import char_errors
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import Audio, TranscribeOptions
+from model_store.window_decoding import WindowDecoding
 from tests.conftest import JFK_TEXT
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -88,9 +89,8 @@ def test_logits_and_greedy_tokens_match_ctranslate2(
     for with_timestamps in (True, False):
         full_prompt = prompt if with_timestamps else [*prompt, tokens.no_timestamps]
         expected = reference.generate(storage, [full_prompt], beam_size=1)[0].sequences_ids[0]
-        sampled, _, _ = decoder.decode(
-            encoded, full_prompt, temperature=0.0, max_new_tokens=224, with_timestamps=with_timestamps
-        )
+        greedy = WindowDecoding(temperature=0.0, max_new_tokens=224, with_timestamps=with_timestamps)
+        sampled, _, _ = decoder.decode(encoded, full_prompt, greedy)
         assert sampled == [token for token in expected if token != tokens.eot]
 
 

@@ -54,6 +54,7 @@ from model_store.scoring import char_errors
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcription
+from model_store.window_decoding import WindowDecoding
 from tests.conftest import JFK_TEXT
 from tests.factories import publish_tiny_variant, recorded_encoder_inputs, tiny_random_whisper
 
@@ -533,16 +534,12 @@ def test_ctranslate2_float32_decodes_the_same_tokens_as_transformers(
         expected = reference._decoder.decode(
             reference._decoder.encode(features),
             full_prompt,
-            temperature=0.0,
-            max_new_tokens=12,
-            with_timestamps=with_timestamps,
+            WindowDecoding(temperature=0.0, max_new_tokens=12, with_timestamps=with_timestamps),
         )
         tokens, sum_logprob, no_speech = float_ct2._decoder.decode(
             float_ct2._decoder.encode(features),
             full_prompt,
-            temperature=0.0,
-            max_new_tokens=12,
-            with_timestamps=with_timestamps,
+            WindowDecoding(temperature=0.0, max_new_tokens=12, with_timestamps=with_timestamps),
         )
         assert tokens == expected[0]
         assert len(tokens) == 12

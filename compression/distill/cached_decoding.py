@@ -20,10 +20,17 @@ from model_store.backends.experts.attach import ExpertModel
 from model_store.backends.transformers_backend import TransformersWindowDecoder
 from model_store.transcription import TranscribeOptions
 from model_store.whisper_tokens import MAX_TARGET_LENGTH, SpecialTokens, transcription_prompt
+from model_store.window_decoding import WindowDecoding
 
 MAX_NEW_TOKENS = MAX_TARGET_LENGTH // 2  # OpenAI Whisper's sample_len
-# Stop a looping window early where hush eval does: the default compression-ratio threshold.
-REPETITION_LIMIT = TranscribeOptions().compression_ratio_threshold
+# Greedy, no timestamps, and a looping window stopped where hush eval stops it (the default
+# compression-ratio threshold).
+GREEDY_TEXT = WindowDecoding(
+    temperature=0.0,
+    max_new_tokens=MAX_NEW_TOKENS,
+    with_timestamps=False,
+    repetition_limit=TranscribeOptions().compression_ratio_threshold,
+)
 
 
 class CachedGreedyDecoder:
@@ -61,14 +68,7 @@ class CachedGreedyDecoder:
             else experts.control.use(language if language in experts.languages else None)
         )
         with routed:
-            tokens, _, _ = self._decoder.decode(
-                encoded,
-                self.prompt(language),
-                temperature=0.0,
-                max_new_tokens=MAX_NEW_TOKENS,
-                with_timestamps=False,
-                repetition_limit=REPETITION_LIMIT,
-            )
+            tokens, _, _ = self._decoder.decode(encoded, self.prompt(language), GREEDY_TEXT)
         return tokens
 
     def token_ids_batch(self, hidden: torch.Tensor, prompts: Sequence[list[int]]) -> list[list[int]]:
@@ -79,10 +79,7 @@ class CachedGreedyDecoder:
         decoded = self._decoder.decode_batch(
             [row.unsqueeze(0).to(self.device, self._dtype) for row in hidden],
             prompts,
-            temperature=0.0,
-            max_new_tokens=MAX_NEW_TOKENS,
-            with_timestamps=False,
-            repetition_limits=[REPETITION_LIMIT] * len(prompts),
+            [GREEDY_TEXT] * len(prompts),
         )
         return [tokens for tokens, _, _ in decoded]
 

@@ -38,6 +38,7 @@ from model_store.manifest import Manifest
 from model_store.settings import BatchingSettings
 from model_store.transcription import Word
 from model_store.whisper_tokens import SpecialTokens, load_tokenizer, special_tokens, suppressed_tokens
+from model_store.window_decoding import DecodeResult, WindowDecoding, shared_decoding
 from model_store.word_timing import MEDIAN_FILTER_WIDTH, words_from_path
 
 logger = logging.getLogger(__name__)
@@ -98,55 +99,38 @@ class CTranslate2WindowDecoder(TokenizerText):
         array = np.asarray(encoded)
         return [array[index : index + 1] for index in range(len(windows))]
 
-    def decode(
-        self,
-        encoded: Any,
-        prompt: list[int],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limit: float | None = None,
-    ) -> tuple[list[int], float, float]:
-        check_prompt(self.tokens, prompt, with_timestamps)
-        result = self._generate(_storage(encoded), [prompt], temperature, max_new_tokens)[0]
-        return self._decoded(result, max_new_tokens, repetition_limit)
+    def decode(self, encoded: Any, prompt: list[int], decoding: WindowDecoding) -> DecodeResult:
+        check_prompt(self.tokens, prompt, decoding.with_timestamps)
+        result = self._generate(_storage(encoded), [prompt], decoding)[0]
+        return self._decoded(result, decoding)
 
     def decode_batch(
-        self,
-        encoded: Sequence[Any],
-        prompts: Sequence[list[int]],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limits: Sequence[float | None],
-    ) -> list[tuple[list[int], float, float]]:
-        """``decode`` of each (window, prompt) in one ``generate``: the prompts must have one length, with
-        <|startoftranscript|> at one index (CTranslate2's requirement), and share the options."""
+        self, encoded: Sequence[Any], prompts: Sequence[list[int]], decodings: Sequence[WindowDecoding]
+    ) -> list[DecodeResult]:
+        """``decode`` of each (window, prompt, decoding) in one ``generate``: the prompts must have one
+        length, with <|startoftranscript|> at one index (CTranslate2's requirement), and the decodings
+        must step together (each row keeps its own repetition limit)."""
         if len({len(prompt) for prompt in prompts}) > 1:
             raise ValueError("a batched decode needs prompts of one length")
+        shared = shared_decoding(decodings)
         for prompt in prompts:
-            check_prompt(self.tokens, prompt, with_timestamps)
-        results = self._generate(_stacked(encoded), list(prompts), temperature, max_new_tokens)
-        return [
-            self._decoded(result, max_new_tokens, limit)
-            for result, limit in zip(results, repetition_limits, strict=True)
-        ]
+            check_prompt(self.tokens, prompt, shared.with_timestamps)
+        results = self._generate(_stacked(encoded), list(prompts), shared)
+        return [self._decoded(result, decoding) for result, decoding in zip(results, decodings, strict=True)]
 
     def _generate(
         self,
         features: ctranslate2.StorageView,
         prompts: list[list[int]],
-        temperature: float,
-        max_new_tokens: int,
+        decoding: WindowDecoding,
     ) -> list[Any]:
+        temperature = decoding.temperature
         return list(
             self.model.generate(
                 features,
                 prompts,
                 beam_size=1,
-                max_length=max_length_for(len(prompts[0]), max_new_tokens),
+                max_length=max_length_for(len(prompts[0]), decoding.max_new_tokens),
                 return_scores=True,
                 return_no_speech_prob=True,
                 suppress_blank=True,
@@ -156,18 +140,17 @@ class CTranslate2WindowDecoder(TokenizerText):
             )
         )
 
-    def _decoded(
-        self, result: Any, max_new_tokens: int, repetition_limit: float | None
-    ) -> tuple[list[int], float, float]:
+    def _decoded(self, result: Any, decoding: WindowDecoding) -> DecodeResult:
         # CTranslate2's generate() has no per-step hook to stop a looping window early: it runs to
         # max_length, and the tokens are then cut where the step-by-step check would have stopped, so
         # both backends return the same output for a loop (only the compute is not saved).
         sampled = [int(token) for token in result.sequences_ids[0] if token != self.tokens.eot]
         # The score is the mean log-probability over the decoded tokens, end-of-text included when it
         # was reached (the engine counts it before stripping it): undo the mean to get the sum.
-        counted = len(sampled) + (1 if len(sampled) < max_new_tokens else 0)
+        counted = len(sampled) + (1 if len(sampled) < decoding.max_new_tokens else 0)
         sum_logprob = float(result.scores[0]) * max(1, counted)
-        cut = loop_cut(sampled, self.text, repetition_limit) if repetition_limit is not None else None
+        limit = decoding.repetition_limit
+        cut = loop_cut(sampled, self.text, limit) if limit is not None else None
         if cut is not None:
             # Only the mean is known: the kept tokens are credited with the window's mean log-probability.
             sum_logprob *= cut / max(1, counted)

@@ -28,6 +28,7 @@ from model_store.manifest import Manifest
 from model_store.settings import BatchingSettings
 from model_store.transcription import Word
 from model_store.whisper_tokens import SpecialTokens, special_tokens
+from model_store.window_decoding import DecodeResult, WindowDecoding, shared_decoding
 from model_store.word_timing import align_words
 
 logger = logging.getLogger(__name__)
@@ -107,58 +108,31 @@ class TransformersWindowDecoder(TokenizerText):
         return [hidden[index : index + 1] for index in range(len(windows))]
 
     @torch.inference_mode()
-    def decode(
-        self,
-        encoded: Any,
-        prompt: list[int],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limit: float | None = None,
-    ) -> tuple[list[int], float, float]:
-        return self.decode_batch(
-            [encoded],
-            [prompt],
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            with_timestamps=with_timestamps,
-            repetition_limits=[repetition_limit],
-        )[0]
+    def decode(self, encoded: Any, prompt: list[int], decoding: WindowDecoding) -> DecodeResult:
+        return self.decode_batch([encoded], [prompt], [decoding])[0]
 
     @torch.inference_mode()
     def decode_batch(
-        self,
-        encoded: Sequence[Any],
-        prompts: Sequence[list[int]],
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        with_timestamps: bool,
-        repetition_limits: Sequence[float | None],
-    ) -> list[tuple[list[int], float, float]]:
-        """``decode`` of each (window, prompt) with one forward pass a step for all of them.
+        self, encoded: Sequence[Any], prompts: Sequence[list[int]], decodings: Sequence[WindowDecoding]
+    ) -> list[DecodeResult]:
+        """``decode`` of each (window, prompt, decoding) with one forward pass a step for all of them.
 
-        The prompts must have one length (the batcher groups them so); a window that has ended keeps
+        The prompts must have one length and the decodings must step together (the batcher groups
+        them so; each row keeps its own repetition limit); a window that has ended keeps
         its row until every window has, and its result is not touched after its end. One decoding
         loop serves both: ``decode`` is a batch of one. Where the decoder has dynamic int8 Linears
         (one activation scale per input matrix), the windows are decoded one after the other.
         """
         if len({len(prompt) for prompt in prompts}) > 1:
             raise ValueError("a batched decode needs prompts of one length")
+        shared = shared_decoding(decodings)
         if self._decoder_per_matrix and len(prompts) > 1:  # dynamic int8 would mix the rows' scales
             return [
-                self.decode_batch(
-                    [one],
-                    [prompt],
-                    temperature=temperature,
-                    max_new_tokens=max_new_tokens,
-                    with_timestamps=with_timestamps,
-                    repetition_limits=[limit],
-                )[0]
-                for one, prompt, limit in zip(encoded, prompts, repetition_limits, strict=True)
+                self.decode(one, prompt, decoding)
+                for one, prompt, decoding in zip(encoded, prompts, decodings, strict=True)
             ]
-        rules = self._rules[with_timestamps]
+        temperature = shared.temperature
+        rules = self._rules[shared.with_timestamps]
         rows = len(prompts)
         encoder_outputs = BaseModelOutput(last_hidden_state=torch.cat(list(encoded)))
         input_ids = torch.tensor([list(prompt) for prompt in prompts], device=self.device)
@@ -168,7 +142,7 @@ class TransformersWindowDecoder(TokenizerText):
         no_speech = [0.0] * rows
         finished = [False] * rows
         past: Any = None
-        for step in range(max_new_tokens):
+        for step in range(shared.max_new_tokens):
             output = self.model(
                 encoder_outputs=encoder_outputs,
                 decoder_input_ids=input_ids,
@@ -198,7 +172,7 @@ class TransformersWindowDecoder(TokenizerText):
                     continue
                 sums[row] += log_prob
                 sampled[row].append(token)
-                limit = repetition_limits[row]
+                limit = decodings[row].repetition_limit
                 if limit is not None and is_looping(sampled[row], self.text, limit):
                     finished[row] = True
             if all(finished):

@@ -39,6 +39,7 @@ from app.settings import ServerSettings
 from compression.data.corpus import Corpus, newest_corpus
 from model_store.settings import HushSettings
 from model_store.store import ModelStore
+from model_store.window_decoding import WindowDecoding
 from tests.app_support import live_server, wait_until
 from tests.bench.bench_server import percentile
 
@@ -216,14 +217,9 @@ def engine_timings(store: ModelStore, args: argparse.Namespace, clips: Sequence[
     windows = [window(log_mel(decode_audio(clip.data), int(decoder.model.n_mels)), 0) for clip in chosen]
     tokens = decoder.tokens
     prompts = [[tokens.sot, tokens.languages[clip.language], tokens.transcribe] for clip in chosen]
-    greedy = partial(decoder.decode, temperature=0.0, max_new_tokens=224, with_timestamps=True)
-    greedy_batch = partial(
-        decoder.decode_batch,
-        temperature=0.0,
-        max_new_tokens=224,
-        with_timestamps=True,
-        repetition_limits=[None] * len(prompts),
-    )
+    decoding = WindowDecoding(temperature=0.0, max_new_tokens=224, with_timestamps=True)
+    greedy = partial(decoder.decode, decoding=decoding)
+    greedy_batch = partial(decoder.decode_batch, decodings=[decoding] * len(prompts))
 
     def best(work: Callable[[], object]) -> float:
         seconds = []

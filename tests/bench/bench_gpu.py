@@ -45,6 +45,7 @@ from model_store.scoring import score_utterance, summarize
 from model_store.settings import BatchingSettings, RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Audio, TranscribeOptions, Transcriber
+from model_store.window_decoding import WindowDecoding
 
 GPU_METHODS = ("fp16", "bf16", "bnb-int8", "bnb-nf4")
 BATCH_LEVELS = (1, 4, 16)
@@ -263,10 +264,7 @@ def step_times(store: ModelStore, variant_id: str, clip: Clip, device: str) -> l
                 decoder.decode_batch,
                 [encoded] * size,
                 [prompt] * size,
-                temperature=0.0,
-                max_new_tokens=100,
-                with_timestamps=True,
-                repetition_limits=[None] * size,
+                [WindowDecoding(temperature=0.0, max_new_tokens=100, with_timestamps=True)] * size,
             )
             timed(call)  # warm-up at this shape
             decoded, seconds = timed(call)
