@@ -207,6 +207,16 @@ def test_a_window_that_arrives_joins_the_running_batch_and_both_keep_their_lone_
         assert no_speech == pytest.approx(no_speech_alone, abs=1e-6)
 
 
+def test_a_static_batch_refuses_rows_that_cannot_step_together(
+    opened: TransformersTranscriber, windows: list[torch.Tensor]
+) -> None:
+    """The continuous decoder mixes temperatures and modes; one static ``decode_batch`` cannot."""
+    decoder = opened._decoder
+    sampled = WindowDecoding(temperature=0.7, max_new_tokens=4, with_timestamps=False)
+    with pytest.raises(ValueError, match="one temperature"):
+        decoder.decode_batch(windows[:2], [prompt(decoder)] * 2, [greedy(4), sampled])
+
+
 @pytest.mark.parametrize("stage", ["step", "admit"])
 def test_an_engine_error_reaches_the_rows_and_the_scheduler_goes_on(
     stage: str, opened: TransformersTranscriber, windows: list[torch.Tensor]
