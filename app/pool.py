@@ -5,7 +5,8 @@
 - Loading is lazy: a :class:`VariantLease` is taken when a request is routed (cheap, in the event loop)
   and loads the variant on first use (slow, in an inference thread). Leases are counted; a variant in use
   is never unloaded.
-- A memory budget (estimated from parameter count and compute dtype) unloads the least recently used
+- A memory budget (estimated from parameter count and compute dtype, and a full decode batch's keys
+  and values where the variant batches) unloads the least recently used
   idle variants before another loads. Unloading closes the transcriber, drops the pool's reference and
   collects garbage, in a background thread so that no caller waits for it.
 - A removed or replaced variant leaves the catalog at once (no new request is routed to it) but stays
@@ -15,17 +16,20 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import numpy as np
 
 from app.metrics import HushMetrics
+from model_store.backends.decoder_rows import full_batch_bytes
 from model_store.batching import ObservesBatches
 from model_store.errors import VariantNotFoundError
 from model_store.manifest import Manifest
@@ -65,14 +69,34 @@ def warm_up(transcriber: Transcriber, variant_id: str) -> None:
     logger.debug("warmed up %s in %.0f ms", variant_id, 1000 * (time.perf_counter() - started))
 
 
-def estimated_memory_bytes(manifest: Manifest, runtime: RuntimeSettings) -> int:
+def estimated_memory_bytes(
+    manifest: Manifest, runtime: RuntimeSettings, config: Mapping[str, Any] | None = None
+) -> int:
     """Memory a loaded variant takes: parameters x bytes per parameter (the model store's backends load
-    float weights in float32 on a CPU and in ``cuda_dtype`` on a GPU)."""
-    per_parameter = _QUANTISED_BYTES_PER_PARAMETER.get(manifest.dtype)
-    if per_parameter is None:
-        on_cpu = runtime.resolved_device() == "cpu"
-        per_parameter = 4 if on_cpu else _COMPUTE_BYTES_PER_PARAMETER[runtime.cuda_dtype]
-    return int(manifest.parameters * per_parameter)
+    float weights in float32 on a CPU and in ``cuda_dtype`` on a GPU), plus, where its decoder batches
+    (a transformers variant, batching active on the device) and ``config`` (its transformers config)
+    gives the shapes, the keys and values of a full batch of ``max_batch`` windows
+    (:func:`~model_store.backends.decoder_rows.full_batch_bytes`; whisper-base at 16 rows in float32:
+    766 MB, 2.6 times its weights). CTranslate2 variants size their batches inside the engine: not
+    counted."""
+    device = runtime.resolved_device()
+    compute_bytes = 4 if device == "cpu" else _COMPUTE_BYTES_PER_PARAMETER[runtime.cuda_dtype]
+    weights = int(manifest.parameters * _QUANTISED_BYTES_PER_PARAMETER.get(manifest.dtype, compute_bytes))
+    batching = runtime.batching
+    if config is None or manifest.backend != "transformers" or not batching.active(device):
+        return weights
+    return weights + full_batch_bytes(config, batching.max_batch, compute_bytes)
+
+
+def transformers_config(store: ModelStore, manifest: Manifest) -> dict[str, Any] | None:
+    """A transformers variant's ``config.json`` (its shapes), or None (another backend, or unreadable)."""
+    if manifest.backend != "transformers":
+        return None
+    try:
+        config = json.loads((store.path(manifest.id) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 @dataclass(eq=False)
@@ -311,7 +335,9 @@ class VariantPool:
         return [(slot, cause)]
 
     def _new_slot(self, manifest: Manifest) -> _Slot:
-        return _Slot(manifest, estimated_memory_bytes(manifest, self.runtime), last_used=self._clock())
+        config = transformers_config(self.store, manifest)
+        memory = estimated_memory_bytes(manifest, self.runtime, config)
+        return _Slot(manifest, memory, last_used=self._clock())
 
     def _slots(self) -> list[_Slot]:
         return [*self._catalog.values(), *self._retired]

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from app.main import create_app
 from app.metrics import HushMetrics
-from app.pool import VariantPool, estimated_memory_bytes
+from app.pool import VariantPool, estimated_memory_bytes, transformers_config
 from app.state import AppState
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
@@ -121,6 +121,29 @@ def test_least_recently_used_idle_variant_is_unloaded_for_real(tmp_path: Path) -
     finally:
         pool.close()
     assert pool.loaded_ids() == []
+
+
+def test_a_batching_variant_counts_a_full_batch_of_keys_and_values(tmp_path: Path) -> None:
+    """With batching on, a transformers variant's estimate adds its decoder's keys and values at
+    ``max_batch`` rows (the continuous decoder keeps them allocated), sized from its config.json."""
+    store = ModelStore(tmp_path / "store")
+    manifest = publish_tiny_variant(store, "tiny-a")
+    batched = RuntimeSettings(device="cpu", threads=1, batching={"mode": "on", "max_batch": 8})
+    config = transformers_config(store, manifest)
+    assert config is not None and config["decoder_layers"] == 2
+    weights = estimated_memory_bytes(manifest, CPU, config)
+    assert weights == manifest.parameters * 4  # batching off: the float32 weights alone
+    # 2 layers x 8 rows x (448 + 1500) positions x 64 wide, keys and values, float32
+    full_batch = 2 * 2 * 8 * (448 + 1500) * 64 * 4
+    assert estimated_memory_bytes(manifest, batched, config) == weights + full_batch
+    pool = VariantPool(store, batched, memory_budget_bytes=1 << 30, verify=False)
+    pool.sync_with_store()
+    try:
+        with pool.lease("tiny-a") as lease:
+            lease.transcriber()
+        assert pool.memory_in_use() == weights + full_batch
+    finally:
+        pool.close()
 
 
 def test_a_variant_in_use_is_never_evicted(tmp_path: Path) -> None:

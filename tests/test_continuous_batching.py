@@ -21,7 +21,7 @@ from transformers import WhisperForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from compression.quantize.methods import quantize_variant
-from model_store.backends.decoder_rows import DecoderRows
+from model_store.backends.decoder_rows import DecoderRows, full_batch_bytes
 from model_store.backends.transformers_backend import TransformersTranscriber, TransformersWindowDecoder
 from model_store.batching import BatchedDecoder
 from model_store.continuous_batching import ContinuousDecoder
@@ -138,6 +138,19 @@ def test_rows_at_different_positions_compute_the_models_own_logits(
     step()
     step()
     assert worst < 1e-5
+
+
+def test_a_full_batch_holds_the_bytes_the_pool_budgets_for_it(
+    model: WhisperForConditionalGeneration, encoded: torch.Tensor
+) -> None:
+    """The server's memory estimate (:func:`full_batch_bytes`) is what the slots really take once
+    every row is running 30 s windows; they start at one row and grow with the batch."""
+    rows: DecoderRows[int] = DecoderRows(model, capacity=3)
+    rows.admit(0, encoded[0:1], [50258])
+    assert rows.slot_bytes == full_batch_bytes(model.config.to_dict(), 1, 4)
+    for row in (1, 2):
+        rows.admit(row, encoded[row : row + 1], [50258])
+    assert rows.slot_bytes == full_batch_bytes(model.config.to_dict(), 3, 4)
 
 
 def test_a_row_joins_only_with_the_encoder_positions_running(

@@ -21,7 +21,7 @@ dynamic int8 Linear quantizes its whole input with one scale, so in a step those
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +32,15 @@ from transformers import WhisperForConditionalGeneration
 from model_store.backends.legacy_int8 import quantizes_per_matrix
 
 Owner = TypeVar("Owner", bound=Hashable)
+
+
+def full_batch_bytes(config: Mapping[str, Any], rows: int, element_bytes: int) -> int:
+    """Bytes of :class:`DecoderRows`' key/value slots at ``rows`` rows of full 30 s windows:
+    self-attention keys and values for ``max_target_positions`` and cross-attention ones for
+    ``max_source_positions`` (the encoder's output positions), in every decoder layer, for a
+    transformers Whisper ``config`` (its ``config.json``) and elements of ``element_bytes``."""
+    positions = int(config["max_target_positions"]) + int(config["max_source_positions"])
+    return 2 * int(config["decoder_layers"]) * rows * positions * int(config["d_model"]) * element_bytes
 
 
 @dataclass
@@ -102,6 +111,11 @@ class DecoderRows(Generic[Owner]):
     @property
     def owners(self) -> list[Owner]:
         return list(self._owners)
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes of the key/value slots allocated now (kept at their high-water mark for reuse)."""
+        return 0 if self._slots is None else sum(tensor.nbytes for tensor in self._slots.tensors())
 
     def __len__(self) -> int:
         return len(self._owners)
