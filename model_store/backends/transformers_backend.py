@@ -125,6 +125,8 @@ class TransformersWindowDecoder(TokenizerText):
         """
         if len({len(prompt) for prompt in prompts}) > 1:
             raise ValueError("a batched decode needs prompts of one length")
+        if not len(encoded) == len(prompts) == len(decodings):
+            raise ValueError("a batched decode needs one window, prompt and decoding a row")
         shared = shared_decoding(decodings)
         if self._decoder_per_matrix and len(prompts) > 1:  # dynamic int8 would mix the rows' scales
             return [
