@@ -389,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--step-bench", action="store_true", help="time decoding steps at batch sizes 1, 4, 16"
     )
     bench.add_argument("--limit", type=int, default=None, help="use only the first N clips")
-    bench.add_argument("--requests", type=int, default=32, help="clips sent in the batching runs")
+    bench.add_argument(
+        "--requests", type=int, default=96, help="clips sent in the batching runs (cycling; 96: steady state)"
+    )
     bench.add_argument("--out", type=Path, default=Path("bench_gpu.json"))
     bench.add_argument(
         "--deadline-s", type=float, default=420.0, help="stop starting new variants after this"
