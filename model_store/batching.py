@@ -115,9 +115,7 @@ class BatchKey:
     frames: int = 0  # encoder input frames (encode) or encoder output positions (decode, detect)
     prompt_length: int = 0
     sot_index: int = 0
-    temperature: float = 0.0
-    max_new_tokens: int = 0
-    with_timestamps: bool = False
+    decoding: WindowDecoding | None = None  # decode: what its rows share (WindowDecoding.shared)
 
 
 @dataclass(frozen=True)
@@ -208,9 +206,7 @@ class BatchedDecoder:
             frames=_positions(encoded),
             prompt_length=len(prompt),
             sot_index=prompt.index(self.tokens.sot),
-            temperature=decoding.temperature,
-            max_new_tokens=decoding.max_new_tokens,
-            with_timestamps=decoding.with_timestamps,
+            decoding=decoding.shared(),
         )
         return cast(DecodeResult, self._batcher.submit(key, _DecodeItem(encoded, prompt, decoding)))
 

@@ -9,7 +9,7 @@ where it matters, not threaded through every signature.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DecodeResult = tuple[list[int], float, float]
 """Sampled tokens (without end-of-text), their summed log-probability, the no-speech probability."""
@@ -30,14 +30,14 @@ class WindowDecoding:
     with_timestamps: bool
     repetition_limit: float | None = None
 
+    def shared(self) -> WindowDecoding:
+        """What the rows of one static batch must agree on: they step together, so everything but the
+        repetition limit (a row that loops ends alone)."""
+        return replace(self, repetition_limit=None)
+
     def steps_with(self, other: WindowDecoding) -> bool:
-        """Whether the two windows can run in one static batch: its rows step together, so they share
-        everything but the repetition limit (a row that loops ends alone)."""
-        return (self.temperature, self.max_new_tokens, self.with_timestamps) == (
-            other.temperature,
-            other.max_new_tokens,
-            other.with_timestamps,
-        )
+        """Whether the two windows can run in one static batch."""
+        return self.shared() == other.shared()
 
 
 def shared_decoding(decodings: Sequence[WindowDecoding]) -> WindowDecoding:

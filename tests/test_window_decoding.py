@@ -10,6 +10,7 @@ GREEDY = WindowDecoding(temperature=0.0, max_new_tokens=24, with_timestamps=Fals
 def test_rows_that_differ_only_in_their_repetition_limit_step_together() -> None:
     unlimited = WindowDecoding(temperature=0.0, max_new_tokens=24, with_timestamps=False)
     assert GREEDY.steps_with(unlimited)
+    assert GREEDY.shared() == unlimited  # what a static batch's key holds: no repetition limit
     assert shared_decoding([GREEDY, unlimited]) is GREEDY
 
 
