@@ -29,11 +29,11 @@ import anyio
 import numpy as np
 
 from app.metrics import HushMetrics
-from model_store.backends.decoder_rows import full_batch_bytes
+from model_store.backends.decoder_memory import full_batch_bytes
 from model_store.batching import ObservesBatches
 from model_store.errors import VariantNotFoundError
 from model_store.manifest import Manifest
-from model_store.opener import open_variant
+from model_store.opener import batches_windows_here, open_variant
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from model_store.transcription import SAMPLE_RATE, Transcriber
@@ -70,33 +70,35 @@ def warm_up(transcriber: Transcriber, variant_id: str) -> None:
 
 
 def estimated_memory_bytes(
-    manifest: Manifest, runtime: RuntimeSettings, config: Mapping[str, Any] | None = None
+    manifest: Manifest, runtime: RuntimeSettings, batch_config: Mapping[str, Any] | None = None
 ) -> int:
     """Memory a loaded variant takes: parameters x bytes per parameter (the model store's backends load
-    float weights in float32 on a CPU and in ``cuda_dtype`` on a GPU), plus, where its decoder batches
-    (a transformers variant, batching active on the device) and ``config`` (its transformers config)
-    gives the shapes, the keys and values of a full batch of ``max_batch`` windows
-    (:func:`~model_store.backends.decoder_rows.full_batch_bytes`; whisper-base at 16 rows in float32:
-    766 MB, 2.6 times its weights). CTranslate2 variants size their batches inside the engine: not
-    counted."""
-    device = runtime.resolved_device()
-    compute_bytes = 4 if device == "cpu" else _COMPUTE_BYTES_PER_PARAMETER[runtime.cuda_dtype]
+    float weights in float32 on a CPU and in ``cuda_dtype`` on a GPU), plus, with ``batch_config`` (the
+    transformers config of a variant whose windows are batched here), the keys and values of a full
+    batch of ``max_batch`` windows (:func:`~model_store.backends.decoder_memory.full_batch_bytes`;
+    whisper-base at 16 rows in float32: 766 MB, 2.6 times its weights). CTranslate2 variants size
+    their batches inside the engine: not counted."""
+    compute_bytes = (
+        4 if runtime.resolved_device() == "cpu" else _COMPUTE_BYTES_PER_PARAMETER[runtime.cuda_dtype]
+    )
     weights = int(manifest.parameters * _QUANTISED_BYTES_PER_PARAMETER.get(manifest.dtype, compute_bytes))
-    batching = runtime.batching
-    if config is None or manifest.backend != "transformers" or not batching.active(device):
+    if batch_config is None:
         return weights
-    return weights + full_batch_bytes(config, batching.max_batch, compute_bytes)
+    return weights + full_batch_bytes(batch_config, runtime.batching.max_batch, compute_bytes)
 
 
-def transformers_config(store: ModelStore, manifest: Manifest) -> dict[str, Any] | None:
-    """A transformers variant's ``config.json`` (its shapes), or None (another backend, or unreadable)."""
-    if manifest.backend != "transformers":
-        return None
-    try:
-        config = json.loads((store.path(manifest.id) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
+def loaded_memory_bytes(store: ModelStore, manifest: Manifest, runtime: RuntimeSettings) -> int:
+    """:func:`estimated_memory_bytes`, with a full decode batch where the variant's windows are batched
+    here (:func:`~model_store.opener.batches_windows_here`; the shapes from its ``config.json``).
+    Called when the variant loads: it reads a file and, for a transformers variant, imports torch."""
+    config: dict[str, Any] | None = None
+    if batches_windows_here(manifest, runtime):
+        try:
+            read = json.loads((store.path(manifest.id) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            read = None
+        config = read if isinstance(read, dict) else None
+    return estimated_memory_bytes(manifest, runtime, config)
 
 
 @dataclass(eq=False)
@@ -272,6 +274,9 @@ class VariantPool:
             if slot.transcriber is not None:
                 slot.last_used = self._clock()
                 return slot.transcriber
+            memory = loaded_memory_bytes(self.store, slot.manifest, self.runtime)
+            with self._lock:
+                slot.memory_bytes = memory  # the catalog's estimate left out what loading here adds
             self._unload_now(self._make_room(slot.memory_bytes))
             started = time.perf_counter()
             transcriber = self._opener(self.store, slot.manifest.id, self.runtime, self._verify)
@@ -335,9 +340,7 @@ class VariantPool:
         return [(slot, cause)]
 
     def _new_slot(self, manifest: Manifest) -> _Slot:
-        config = transformers_config(self.store, manifest)
-        memory = estimated_memory_bytes(manifest, self.runtime, config)
-        return _Slot(manifest, memory, last_used=self._clock())
+        return _Slot(manifest, estimated_memory_bytes(manifest, self.runtime), last_used=self._clock())
 
     def _slots(self) -> list[_Slot]:
         return [*self._catalog.values(), *self._retired]

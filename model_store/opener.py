@@ -44,7 +44,7 @@ def _open_transformers(
         from model_store.backends.experts.transcriber import ExpertsTranscriber
 
         return ExpertsTranscriber(manifest, directory, device=device, dtype=dtype)
-    batching = runtime.batching if runtime.batching.active(torch.device(device).type) else None
+    batching = runtime.batching if batches_windows_here(manifest, runtime) else None
     return TransformersTranscriber(
         manifest,
         directory,
@@ -119,6 +119,21 @@ def uses_bf16_attention(manifest: Manifest, runtime: RuntimeSettings) -> bool:
 
     runs_on = load_device(manifest, device_for(manifest, runtime))
     return runs_on == "cpu" and runtime.resolved_bf16_attention()
+
+
+def batches_windows_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:
+    """Whether the transformers backend batches this variant's windows here (and so holds a running
+    batch's keys and values): batching is active on the device the variant really runs on (dynamic
+    int8 stays on the CPU), and it is no language-experts variant (those decode alone)."""
+    if manifest.backend != "transformers":
+        return False
+    from model_store.backends.experts import METHOD as EXPERTS_METHOD
+
+    if manifest.recipe.method == EXPERTS_METHOD:
+        return False
+    from model_store.backends.quantized_loading import load_device
+
+    return runtime.batching.active(load_device(manifest, device_for(manifest, runtime)))
 
 
 def runnable_here(manifest: Manifest, runtime: RuntimeSettings) -> bool:

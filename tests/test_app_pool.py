@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from app.main import create_app
 from app.metrics import HushMetrics
-from app.pool import VariantPool, estimated_memory_bytes, transformers_config
+from app.pool import VariantPool, estimated_memory_bytes, loaded_memory_bytes
 from app.state import AppState
+from model_store.opener import batches_windows_here
 from model_store.settings import RuntimeSettings
 from model_store.store import ModelStore
 from tests.app_support import (
@@ -129,13 +130,11 @@ def test_a_batching_variant_counts_a_full_batch_of_keys_and_values(tmp_path: Pat
     store = ModelStore(tmp_path / "store")
     manifest = publish_tiny_variant(store, "tiny-a")
     batched = RuntimeSettings(device="cpu", threads=1, batching={"mode": "on", "max_batch": 8})
-    config = transformers_config(store, manifest)
-    assert config is not None and config["decoder_layers"] == 2
-    weights = estimated_memory_bytes(manifest, CPU, config)
+    weights = loaded_memory_bytes(store, manifest, CPU)
     assert weights == manifest.parameters * 4  # batching off: the float32 weights alone
     # 2 layers x 8 rows x (448 + 1500) positions x 64 wide, keys and values, float32
     full_batch = 2 * 2 * 8 * (448 + 1500) * 64 * 4
-    assert estimated_memory_bytes(manifest, batched, config) == weights + full_batch
+    assert loaded_memory_bytes(store, manifest, batched) == weights + full_batch
     pool = VariantPool(store, batched, memory_budget_bytes=1 << 30, verify=False)
     pool.sync_with_store()
     try:
@@ -144,6 +143,32 @@ def test_a_batching_variant_counts_a_full_batch_of_keys_and_values(tmp_path: Pat
         assert pool.memory_in_use() == weights + full_batch
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "backend", "device", "batches"),
+    [
+        ("import", "transformers", "cpu", True),
+        ("import", "ctranslate2", "cpu", False),  # the engine sizes its own batches
+        ("lang-experts", "transformers", "cpu", False),  # experts variants decode alone
+        ("ptq-int8", "transformers", "cuda", False),  # dynamic int8 runs on the CPU, where auto is off
+        ("import", "transformers", "cuda", True),
+    ],
+)
+def test_only_variants_whose_windows_batch_here_count_a_batch(
+    tmp_path: Path, method: str, backend: str, device: str, batches: bool
+) -> None:
+    """The pool counts a batch where the opener batches: the same rule (``batches_windows_here``)."""
+    store = ModelStore(tmp_path / "store")
+    published = publish_tiny_variant(store, "tiny-a")
+    manifest = published.model_copy(
+        update={"backend": backend, "recipe": published.recipe.model_copy(update={"method": method})}
+    )
+    mode = "on" if device == "cpu" else "auto"  # auto batches on CUDA only
+    runtime = RuntimeSettings(device=device, threads=1, batching={"mode": mode, "max_batch": 8})
+    assert batches_windows_here(manifest, runtime) is batches
+    weights = estimated_memory_bytes(manifest, runtime)
+    assert (loaded_memory_bytes(store, manifest, runtime) > weights) is batches
 
 
 def test_a_variant_in_use_is_never_evicted(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from transformers import WhisperForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from compression.quantize.methods import quantize_variant
-from model_store.backends.decoder_rows import DecoderRows, full_batch_bytes
+from model_store.backends.decoder_memory import full_batch_bytes
+from model_store.backends.decoder_rows import DecoderRows
 from model_store.backends.transformers_backend import TransformersTranscriber, TransformersWindowDecoder
 from model_store.batching import BatchedDecoder
 from model_store.continuous_batching import ContinuousDecoder

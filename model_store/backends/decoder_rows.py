@@ -21,7 +21,7 @@ dynamic int8 Linear quantizes its whole input with one scale, so in a step those
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,15 +32,6 @@ from transformers import WhisperForConditionalGeneration
 from model_store.backends.legacy_int8 import quantizes_per_matrix
 
 Owner = TypeVar("Owner", bound=Hashable)
-
-
-def full_batch_bytes(config: Mapping[str, Any], rows: int, element_bytes: int) -> int:
-    """Bytes of :class:`DecoderRows`' key/value slots at ``rows`` rows of full 30 s windows:
-    self-attention keys and values for ``max_target_positions`` and cross-attention ones for
-    ``max_source_positions`` (the encoder's output positions), in every decoder layer, for a
-    transformers Whisper ``config`` (its ``config.json``) and elements of ``element_bytes``."""
-    positions = int(config["max_target_positions"]) + int(config["max_source_positions"])
-    return 2 * int(config["decoder_layers"]) * rows * positions * int(config["d_model"]) * element_bytes
 
 
 @dataclass
