@@ -26,12 +26,21 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import torch
+from torch import nn
 from torch.nn import functional
 from transformers import WhisperForConditionalGeneration
 
 from model_store.backends.legacy_int8 import quantizes_per_matrix
 
 Owner = TypeVar("Owner", bound=Hashable)
+
+
+def per_matrix_decoding_modules(model: WhisperForConditionalGeneration) -> list[nn.Module]:
+    """The modules decoding runs (the decoder and the output projection; the encoder never runs in a
+    step) that quantize a whole input matrix with one scale, so that rows batched through them would
+    change each other's output."""
+    decoding = [*model.model.decoder.modules(), model.proj_out]
+    return [module for module in decoding if quantizes_per_matrix(module)]
 
 
 @dataclass
@@ -96,8 +105,7 @@ class DecoderRows(Generic[Owner]):
         self._lengths: list[int] = []  # positions written in each slot
         self._slots: _Slots | None = None
         # Linears that quantize their whole input at once: a step runs them one row at a time
-        decoding = [*model.model.decoder.modules(), model.proj_out]  # the encoder never runs here
-        self._per_matrix = {id(module) for module in decoding if quantizes_per_matrix(module)}
+        self._per_matrix = {id(module) for module in per_matrix_decoding_modules(model)}
 
     @property
     def owners(self) -> list[Owner]:

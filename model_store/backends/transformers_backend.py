@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from model_store.backends.bf16_attention import use_bf16_encoder_attention
 from model_store.backends.cache_keyword import cache_keyword
-from model_store.backends.decoder_rows import DecoderRows
+from model_store.backends.decoder_rows import DecoderRows, per_matrix_decoding_modules
 from model_store.backends.legacy_int8 import quantizes_per_matrix
 from model_store.backends.quantized_loading import load_model
 from model_store.backends.window_transcriber import TokenizerText, WindowTranscriber
@@ -58,9 +58,7 @@ class TransformersWindowDecoder(TokenizerText):
         self._encoder_per_matrix = any(
             quantizes_per_matrix(module) for module in model.model.encoder.modules()
         )
-        self._decoder_per_matrix = any(
-            quantizes_per_matrix(module) for module in [*model.model.decoder.modules(), model.proj_out]
-        )
+        self._decoder_per_matrix = bool(per_matrix_decoding_modules(model))
         self._cache_keyword = cache_keyword(model)  # "cache" in transformers 5, "past_key_values" in 4
         suppress = list(getattr(generation, "suppress_tokens", None) or [])
         begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
