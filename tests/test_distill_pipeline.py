@@ -21,7 +21,7 @@ from compression.distill.quick_eval import POOLED_ROW, compare_quick, summarize_
 from compression.distill.students import IncompatibleStudentError
 from compression.quantize.methods import quantize_variant
 from compression.training.placement import NoTrainingDeviceError
-from compression.training.selection import select_utterances
+from compression.training.selection import sample_digest, select_utterances
 from model_store.backends.quantized_loading import load_model, weights_format
 from model_store.opener import open_variant
 from model_store.scoring import score_utterance
@@ -429,6 +429,9 @@ def test_guided_precision_calibrates_on_held_out_train_utterances_when_asked(
     assert recorded["source"] == "held-out"
     assert len(recorded["utterances"]) == 4  # the two of each language the sample leaves out
     assert set(recorded["utterances"]) == train_split - trained
+    assert store.get("student-guided-held-out").recipe.args["train_sample"] == sample_digest(
+        select_utterances(corpus, "train", ("en", "cs"), 2)
+    )
     on_train = dataclasses.replace(plan, variant_id="student-guided-train", calibration="train")
     outcome = run_distillation(settings, store, on_train, progress=False)
     assert outcome is not None and set(outcome.report["calibration"]["utterances"]) <= trained

@@ -22,6 +22,7 @@ from compression.experts.losses import IGNORE_INDEX, gate_budget, js_divergence
 from compression.experts.schedule import GateNoiseSchedule
 from compression.experts.students import build_student
 from compression.experts.trainer import Teacher, TrainingConfig, train
+from compression.training.selection import sample_digest, select_utterances
 from model_store.backends.experts.attach import ExpertModel, ExpertSpec
 from model_store.backends.experts.clsr import CLSRFeedForward, ExpertControl, FeedForward
 from model_store.backends.experts.storage import expert_file, load_experts, save_language
@@ -254,6 +255,11 @@ def test_experts_variant_end_to_end(tmp_path: Path) -> None:
     manifest = run_experts_job(store, corpus, job, cache_root=tmp_path / "cache", progress=False)
     assert manifest.recipe.method == "lang-experts" and manifest.languages == ("en", "fr")
     assert set(manifest.recipe.args["gate_opening_dev"]) == {"en", "fr"}
+    # the sampling rule of every train command (hush compress distill's too): a teacher distilled on the
+    # same --per-language and seed saw exactly the student's utterances
+    assert manifest.recipe.args["train_sample"] == sample_digest(
+        select_utterances(corpus, "train", ("en", "fr"), None, seed=0)
+    )
     assert {file.path for file in manifest.weights} >= {"experts/en.safetensors", "experts/fr.safetensors"}
     transcriber = open_variant(store, "tiny-experts", RuntimeSettings(device="cpu"))
     assert isinstance(transcriber, ExpertsTranscriber)

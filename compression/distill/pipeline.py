@@ -50,7 +50,7 @@ from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
 from compression.training.loop import TrainingOptions, train
 from compression.training.placement import training_device
-from compression.training.selection import select_utterances
+from compression.training.selection import sample_digest, select_utterances
 from model_store.backends.experts import METHOD as EXPERTS_METHOD
 from model_store.backends.experts.storage import load_experts
 from model_store.backends.quantized_loading import load_model, weights_format
@@ -242,6 +242,7 @@ def run_distillation(
         )
     examples = _examples(decoder, train_set, texts)
     report["train_utterances"] = len(examples)
+    report["train_sample"] = sample_digest(train_set)
 
     # 4-5: student and precision
     model = student.model
@@ -499,7 +500,11 @@ def _publish(
             "plan": plan.training_plan(),
             "teacher_weights_sha256": parent.weights_digest(),
             "sizes": sizes,
-            **{k: report[k] for k in ("corpus", "corpus_sha256", "train_utterances") if k in report},
+            **{
+                k: report[k]
+                for k in ("corpus", "corpus_sha256", "train_utterances", "train_sample")
+                if k in report
+            },
         }
         for key in ("pseudo_labels", "training", "calibration", "guided", "guided_matching"):
             if key in report:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from compression.experts.students import Method, Student, build_student
 from compression.experts.trainer import StepLog, Teacher, TrainingConfig, train
 from compression.quantize.parent import Parent
 from compression.training.checkpoint import check_plan, discard
+from compression.training.selection import sample_digest, select_utterances
 from model_store.backends.experts.attach import ExpertSpec
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
@@ -52,24 +52,12 @@ class ExpertsJob:
             return f"{self.base}-clsr-{kind}-{where}-{kd}-{'-'.join(self.languages)}"
         return f"{self.base}-{self.method}-{'-'.join(self.languages)}"
 
-    def plan(self, corpus_id: str) -> dict[str, Any]:
-        """What decides the trained weights (all but the id), for telling a run's checkpoints apart."""
+    def plan(self, corpus_id: str, train_sample: str) -> dict[str, Any]:
+        """What decides the trained weights (all but the id, with the digest of the train sample), for
+        telling a run's checkpoints apart."""
         plan = asdict(self)
         del plan["variant_id"]
-        return {**plan, "corpus": corpus_id}
-
-
-def sample_utterances(
-    utterances: Sequence[Utterance], languages: Sequence[str], limit: int | None, seed: int
-) -> list[Utterance]:
-    chosen: list[Utterance] = []
-    for language in languages:
-        pool = [utterance for utterance in utterances if utterance.language == language]
-        if not pool:
-            raise ValueError(f"the corpus has no utterances of {language!r} in this split")
-        random.Random(f"{seed}-{language}").shuffle(pool)
-        chosen += sorted(pool[:limit] if limit else pool, key=lambda utterance: utterance.id)
-    return chosen
+        return {**plan, "corpus": corpus_id, "train_sample": train_sample}
 
 
 def encoder_outputs_for(
@@ -111,21 +99,25 @@ def run_experts_job(
     discards it first).
     """
     started = time.perf_counter()
+    # The same sampling rule as every other train command, so a teacher trained by `hush compress
+    # distill` on --per-language N with this seed saw exactly these utterances.
+    train_set = select_utterances(
+        corpus, "train", job.languages, job.max_per_language, seed=job.training.seed
+    )
+    train_sample = sample_digest(train_set)
+    plan = job.plan(corpus.id, train_sample)
     checkpointing: Checkpointing | None = None
     resumed_from = 0
     if run_dir is not None:
         if restart and discard(run_dir):
             log(f"discarded the checkpoint in {run_dir}")
-        resumed_from = check_plan(run_dir, job.plan(corpus.id)) or 0  # before any model is loaded
+        resumed_from = check_plan(run_dir, plan) or 0  # before any model is loaded
         if resumed_from:
             log(f"resuming {run_dir} at step {resumed_from} of {job.training.steps}")
-        checkpointing = Checkpointing(run_dir, job.plan(corpus.id), every=checkpoint_every)
+        checkpointing = Checkpointing(run_dir, plan, every=checkpoint_every)
     parent = Parent.from_store(store, job.base)
     tokenizer = WhisperTokenizer.from_pretrained(parent.directory, local_files_only=True)
     tokens = special_tokens(tokenizer, multilingual=True)
-    train_set = sample_utterances(
-        corpus.utterances("train", job.languages), job.languages, job.max_per_language, job.training.seed
-    )
     dev_set = corpus.utterances("dev", job.languages)
     examples = [make_example(utterance, tokenizer, tokens) for utterance in train_set]
     log(f"{len(examples)} train utterances of {', '.join(job.languages)}; method {job.method}")
@@ -158,6 +150,7 @@ def run_experts_job(
         "languages_trained": list(job.languages),
         "teacher": job.teacher,
         "train_utterances": len(examples),
+        "train_sample": train_sample,
         "training": asdict(job.training),
         "trainable_parameters": student.trainable_parameters,
         "loss": _loss_summary(history),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 
@@ -28,6 +29,13 @@ def select_utterances(
         pool = _shuffled_pool(corpus, split, language, seed, max_seconds)
         chosen.extend(pool if per_language is None else pool[:per_language])
     return sorted(chosen, key=lambda utterance: utterance.id)
+
+
+def sample_digest(utterances: Sequence[Utterance]) -> str:
+    """A short digest of which utterances a run trained on (order-free), recorded in its manifest so
+    that two variants can be checked for having seen the same sample (a teacher and its student, say)."""
+    joined = "\n".join(sorted(utterance.id for utterance in utterances))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def held_out_utterances(
