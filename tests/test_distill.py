@@ -41,7 +41,7 @@ from compression.distill.losses import (
     most_distant_layers,
 )
 from compression.distill.objective import DistillObjective, ffn_features, logits_of, loss_config
-from compression.distill.pipeline import freeze_for_training, quantize_frozen_parts
+from compression.distill.pipeline import quantize_frozen_parts
 from compression.distill.plan import DistillPlan
 from compression.distill.students import (
     IncompatibleStudentError,
@@ -53,6 +53,7 @@ from compression.distill.teacher_memo import TeacherMemo
 from compression.training.checkpoint import PlanMismatchError
 from compression.training.dataset import IGNORE, Batch, CachedBatches, Example
 from compression.training.encoder_cache import EncoderCache
+from compression.training.freezing import train_decoder_only
 from compression.training.loop import TrainingOptions, train
 from model_store.backends import lowbit
 from model_store.backends.lowbit import (
@@ -612,7 +613,7 @@ def training_setup(
     ]
     torch.manual_seed(0)
     student = shrink_student(teacher, 2)
-    freeze_for_training(student.model, train_embeddings=True)
+    train_decoder_only(student.model, train_embeddings=True)
     config = loss_config(preset, **overrides)
     adapter = FeatureAdapter(256, 256) if config.hidden else None
     objective = DistillObjective(student.model, config, teacher, adapter, student.decoder_layers_from)

@@ -239,6 +239,19 @@ def test_a_short_training_run_lowers_the_loss(method: str) -> None:
         assert all(entry.mean_gate is not None for entry in history)
 
 
+@pytest.mark.parametrize("train_embeddings", [False, True])
+def test_finetune_trains_the_decoder_and_the_token_embedding_only_when_asked(train_embeddings: bool) -> None:
+    model = tiny_model()
+    student = build_student(model, "finetune", ["cs"], ExpertSpec(), train_embeddings=train_embeddings)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    trained = {names[id(parameter)] for parameter in student.trainable}
+    assert trained == {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert any(".decoder.layers." in name for name in trained)
+    assert "model.decoder.layer_norm.weight" in trained
+    assert not any(name.startswith("model.encoder.") or "embed_positions" in name for name in trained)
+    assert ("model.decoder.embed_tokens.weight" in trained) is train_embeddings
+
+
 def test_experts_variant_end_to_end(tmp_path: Path) -> None:
     """hush compress experts on a tiny corpus (live encoder: experts in both stacks), then open it."""
     store = ModelStore(tmp_path / "store")

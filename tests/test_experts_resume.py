@@ -178,3 +178,7 @@ def test_experts_command_resumes_refuses_and_restarts(
     code, output = invoke("--steps", "4", "--replace", "--gate-budget", "1.5")
     assert code == 2 and "--gate-budget" in output
     assert store.get("tiny-x").recipe.args["training"]["gate_budget"] == 0.5
+
+    # training the embedding is a fine-tuning choice only
+    code, output = invoke("--steps", "4", "--replace", "--train-embeddings")
+    assert code == 2 and "only --method finetune" in output

@@ -48,6 +48,7 @@ from compression.quantize.parent import Parent
 from compression.training.dataset import Batch, CachedBatches, Example
 from compression.training.distributed import SINGLE_PROCESS, Ranks
 from compression.training.encoder_cache import EncoderCache, encoder_fingerprint
+from compression.training.freezing import train_decoder_only
 from compression.training.loop import TrainingOptions, train
 from compression.training.placement import training_device
 from compression.training.selection import sample_digest, select_utterances
@@ -118,15 +119,6 @@ def quantize_frozen_parts(plan: DistillPlan, student: Student) -> tuple[Student,
     specs = {name: quant_spec(plan, bits) for name, _ in frozen_linears(student.model)}
     quantize_in_place(student.model, specs)
     return dataclasses.replace(student, shares_encoder=False), specs
-
-
-def freeze_for_training(student: WhisperForConditionalGeneration, train_embeddings: bool) -> None:
-    student.requires_grad_(False)
-    decoder = student.model.decoder
-    decoder.layers.requires_grad_(True)
-    decoder.layer_norm.requires_grad_(True)
-    if train_embeddings:
-        decoder.embed_tokens.requires_grad_(True)
 
 
 def _static_matching(student: Student, teacher_layers: int) -> list[int]:
@@ -445,7 +437,7 @@ def _train(
     """Train the student (and adapter) in place: checkpoints and logs in ``run_dir``, resumed when a
     checkpoint of the same plan is there; the summary goes in the report."""
     model = objective.student
-    freeze_for_training(model, plan.train_embeddings)
+    train_decoder_only(model, plan.train_embeddings)
     trainable: dict[str, torch.nn.Module] = {"student": model}
     if adapter is not None:
         trainable["adapter"] = adapter

@@ -48,6 +48,12 @@ def experts_command(
             min=0.0, max=1.0, help="Target mean gate opening in training (DistilWhisper: 0.5); CLSR only."
         ),
     ] = 0.5,
+    train_embeddings: Annotated[
+        bool,
+        typer.Option(
+            help="--method finetune: train the token embedding too (frozen by default, the better recipe)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     corpus: Annotated[Path | None, typer.Option(help="Corpus directory; default the one built.")] = None,
     variant_id: Annotated[str | None, typer.Option("--id", help="Id of the new variant.")] = None,
@@ -68,6 +74,10 @@ def experts_command(
         raise typer.BadParameter(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if expert not in EXPERT_KINDS:
         raise typer.BadParameter(f"unknown expert kind {expert!r}; choose one of: {', '.join(EXPERT_KINDS)}")
+    if train_embeddings and method != "finetune":
+        raise typer.BadParameter(
+            "only --method finetune trains the embedding", param_hint="--train-embeddings"
+        )
     if not comma_list(languages):
         raise typer.BadParameter("names no language, e.g. cs,nl", param_hint="--languages")
     settings = HushSettings()
@@ -89,6 +99,7 @@ def experts_command(
             steps=steps, batch_size=batch_size, learning_rate=lr, seed=seed, gate_budget=gate_budget
         ),
         max_per_language=per_language,
+        train_embeddings=train_embeddings,
         variant_id=variant_id,
     )
     run_dir = settings.runs_dir / "experts" / (job.variant_id or job.default_id())

@@ -42,6 +42,7 @@ class ExpertsJob:
     spec: ExpertSpec = field(default_factory=ExpertSpec)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     max_per_language: int | None = None  # a seeded sample of the train split per language (None: all)
+    train_embeddings: bool = False  # finetune only: the token embedding trains too
     variant_id: str | None = None
 
     def default_id(self) -> str:
@@ -131,7 +132,14 @@ def run_experts_job(
         teacher_outputs = encoder_outputs_for(teacher_model, False, corpus, train_set, cache_root, progress)
         teacher = Teacher(teacher_model, teacher_outputs)
     torch.manual_seed(job.training.seed)  # the experts' initial weights
-    student: Student = build_student(model, job.method, job.languages, job.spec, seed=job.training.seed)
+    student: Student = build_student(
+        model,
+        job.method,
+        job.languages,
+        job.spec,
+        seed=job.training.seed,
+        train_embeddings=job.train_embeddings,
+    )
     log(f"trainable parameters: {student.trainable_parameters:,}")
     batches = language_batches(examples, job.training.batch_size, tokens.eot, seed=job.training.seed)
     history = train(

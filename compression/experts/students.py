@@ -1,4 +1,4 @@
-"""What trains in each recipe: CLSR experts, a LoRA adapter (the baseline), or the whole decoder."""
+"""What trains in each recipe: CLSR experts, a LoRA adapter (the baseline), or the decoder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Literal, get_args
 from torch import nn
 from transformers import WhisperForConditionalGeneration
 
+from compression.training.freezing import train_decoder_only
 from model_store.backends.experts.attach import ExpertModel, ExpertSpec
 from model_store.backends.experts.clsr import ExpertControl
 
@@ -48,20 +49,24 @@ def build_student(
     spec: ExpertSpec,
     *,
     seed: int = 0,
+    train_embeddings: bool = False,
 ) -> Student:
     """Freeze ``model`` and add what ``method`` trains.
 
     * ``clsr``: experts and gates per language (``spec``); the FFNs and everything else stay frozen;
     * ``lora``: one rank-64 low-rank adapter on fc1/fc2 of ``spec.stacks``, always on, for all languages
       (folded into the weights when published);
-    * ``finetune``: every decoder parameter (the encoder stays frozen, so its outputs can be cached).
+    * ``finetune``: the decoder's layers and final norm, and with ``train_embeddings`` its token
+      embedding (:func:`~compression.training.freezing.train_decoder_only`, as ``hush compress
+      distill``); the encoder stays frozen, so its outputs can be cached.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     model.requires_grad_(False)
     if method == "finetune":
-        decoder = model.model.decoder.requires_grad_(True)
-        return Student(method, model, _unique(list(decoder.parameters())))
+        train_decoder_only(model, train_embeddings)
+        trained = [parameter for parameter in model.model.decoder.parameters() if parameter.requires_grad]
+        return Student(method, model, _unique(trained))
     control = ExpertControl(seed=seed)
     if method == "lora":
         lora_spec = ExpertSpec(kind="lowrank", rank=LORA_RANK, stacks=spec.stacks)
