@@ -182,3 +182,5 @@ def test_experts_command_resumes_refuses_and_restarts(
     # training the embedding is a fine-tuning choice only
     code, output = invoke("--steps", "4", "--replace", "--train-embeddings")
     assert code == 2 and "only --method finetune" in output
+    code, output = invoke("--steps", "4", "--replace", "--languages", "en,xx")  # a language it lacks
+    assert code == 2 and "no train utterances of xx" in " ".join(output.replace("│", " ").split())

@@ -9,7 +9,7 @@ import typer
 
 from compression.cli_options import comma_list
 from compression.evaluation.cli import find_corpus
-from compression.experts.job import ExpertsJob, run_experts_job
+from compression.experts.job import ExpertsJob, MissingTrainDataError, run_experts_job
 from compression.experts.students import METHODS, Method
 from compression.experts.trainer import TrainingConfig
 from compression.training.checkpoint import PlanMismatchError
@@ -120,6 +120,8 @@ def experts_command(
             f"error: {error}; pass --restart to discard it, or --id to train another variant", err=True
         )
         raise typer.Exit(2) from error
+    except MissingTrainDataError as error:
+        raise typer.BadParameter(str(error), param_hint="--languages") from None
     typer.echo(
         f"published {manifest.id}: {manifest.recipe.method} of {manifest.parent} for "
         f"{', '.join(manifest.languages)}, {manifest.bytes_on_disk:,} bytes",

@@ -31,6 +31,10 @@ from model_store.whisper_tokens import special_tokens
 logger = logging.getLogger(__name__)
 
 
+class MissingTrainDataError(ValueError):
+    """A language to train has no usable utterances in the corpus's train split."""
+
+
 @dataclass(frozen=True)
 class ExpertsJob:
     """Everything one run needs to know."""
@@ -102,9 +106,14 @@ def run_experts_job(
     started = time.perf_counter()
     # The same sampling rule as every other train command, so a teacher trained by `hush compress
     # distill` on --per-language N with this seed saw exactly these utterances.
-    train_set = select_utterances(
-        corpus, "train", job.languages, job.max_per_language, seed=job.training.seed
-    )
+    known = [language for language in job.languages if language in corpus.languages]
+    train_set = select_utterances(corpus, "train", known, job.max_per_language, seed=job.training.seed)
+    missing = sorted(set(job.languages) - {utterance.language for utterance in train_set})
+    if missing:
+        raise MissingTrainDataError(
+            f"corpus {corpus.id} has no train utterances of {', '.join(missing)} (it has: "
+            f"{', '.join(corpus.languages)})"
+        )
     train_sample = sample_digest(train_set)
     plan = job.plan(corpus.id, train_sample)
     checkpointing: Checkpointing | None = None
